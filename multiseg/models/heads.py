@@ -1,0 +1,93 @@
+"""Head kinds: each builds a head's own branch and output from a trunk attach point.
+
+Every layer a head creates is named ``<head>.<part>``, and its last layer is named exactly
+``<head>``, so the model output, its target, loss, metrics and logs share one key. Heads output
+logits; losses and metrics are told so (``from_logits=True``) by the head, never by the user.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from keras import layers
+
+from multiseg.models.layers import CropToMatch, GradientScale
+from multiseg.models.unet import norm_layer
+
+
+@dataclass(frozen=True)
+class HeadOutput:
+    """What a head kind promises about its output, for losses, metrics and checks."""
+
+    spatial: bool  # (N, H, W, C) if True, else (N, C)
+    from_logits: bool = True
+
+
+def _entry(features, *, name: str, grad_scale: float):
+    if grad_scale != 1.0:
+        return GradientScale(grad_scale, name=f"{name}.grad_scale")(features)
+    return features
+
+
+def _spatial_branch(x, *, name: str, branch: tuple[int, ...], norm: str, groups: int,
+                    activation: str):
+    for i, f in enumerate(branch):
+        x = layers.Conv2D(f, 3, padding="same", use_bias=norm == "none", name=f"{name}.conv{i}")(x)
+        layer = norm_layer(norm, f, groups=groups, name=f"{name}.norm{i}")
+        if layer is not None:
+            x = layer(x)
+        x = layers.Activation(activation, name=f"{name}.act{i}")(x)
+    return x
+
+
+def _spatial_output(x, image, *, name: str, channels: int, scale: int):
+    x = layers.Conv2D(channels, 1, name=f"{name}.logits")(x)
+    if scale > 1:
+        # Deep supervision: logits of a coarse decoder level are resized to the image.
+        x = layers.UpSampling2D(scale, interpolation="bilinear", name=f"{name}.resize")(x)
+    return CropToMatch(name=name)(x, image)
+
+
+def segmentation_head(features, image, *, name: str, classes: int, branch: tuple[int, ...] = (),
+                      scale: int = 1, grad_scale: float = 1.0, norm: str = "batch",
+                      groups: int = 8, activation: str = "relu"):
+    """Per-pixel class logits, (N, H, W, classes); classes == 1 is a binary (sigmoid) mask."""
+    x = _entry(features, name=name, grad_scale=grad_scale)
+    x = _spatial_branch(x, name=name, branch=branch, norm=norm, groups=groups,
+                        activation=activation)
+    return _spatial_output(x, image, name=name, channels=classes, scale=scale)
+
+
+def boundary_head(features, image, *, name: str, classes: int = 1, branch: tuple[int, ...] = (),
+                  scale: int = 1, grad_scale: float = 1.0, norm: str = "batch", groups: int = 8,
+                  activation: str = "relu"):
+    """One-channel edge logits, (N, H, W, 1)."""
+    if classes != 1:
+        raise ValueError(f"a boundary head has 1 channel, got classes={classes}")
+    return segmentation_head(features, image, name=name, classes=1, branch=branch, scale=scale,
+                             grad_scale=grad_scale, norm=norm, groups=groups,
+                             activation=activation)
+
+
+def classification_head(features, image, *, name: str, classes: int,
+                        branch: tuple[int, ...] = (), scale: int = 1, grad_scale: float = 1.0,
+                        norm: str = "batch", groups: int = 8, activation: str = "relu"):
+    """Image-level class logits, (N, classes), from globally pooled features."""
+    del image, scale, norm, groups  # pooled features need neither the image size nor norms
+    x = _entry(features, name=name, grad_scale=grad_scale)
+    x = layers.GlobalAveragePooling2D(name=f"{name}.pool")(x)
+    for i, units in enumerate(branch):
+        x = layers.Dense(units, activation=activation, name=f"{name}.dense{i}")(x)
+    return layers.Dense(classes, name=name)(x)
+
+
+HEADS = {
+    "segmentation": segmentation_head,
+    "boundary": boundary_head,
+    "classification": classification_head,
+}
+HEAD_OUTPUTS = {
+    "segmentation": HeadOutput(spatial=True),
+    "boundary": HeadOutput(spatial=True),
+    "classification": HeadOutput(spatial=False),
+}

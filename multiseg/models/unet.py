@@ -1,0 +1,78 @@
+"""The shared U-Net trunk, exposing named attach points for the heads."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from multiseg.models.layers import PadToMultiple
+
+TRUNK_PREFIX = "trunk."
+
+
+def norm_layer(kind: str, channels: int, *, groups: int, name: str) -> keras.layers.Layer | None:
+    """``batch``, ``group`` (groups reduced until they divide ``channels``) or ``none``."""
+    if kind == "batch":
+        return layers.BatchNormalization(name=name)
+    if kind == "group":
+        g = min(groups, channels)
+        while channels % g:
+            g -= 1
+        return layers.GroupNormalization(groups=g, name=name)
+    if kind == "none":
+        return None
+    raise ValueError(f"norm must be batch, group or none, got '{kind}'")
+
+
+def conv_block(x, filters: int, *, convs: int, norm: str, groups: int, activation: str,
+               name: str):
+    """``convs`` times: 3x3 conv, normalisation, activation."""
+    for i in range(convs):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=norm == "none",
+                          name=f"{name}.conv{i}")(x)
+        layer = norm_layer(norm, filters, groups=groups, name=f"{name}.norm{i}")
+        if layer is not None:
+            x = layer(x)
+        x = layers.Activation(activation, name=f"{name}.act{i}")(x)
+    return x
+
+
+def unet_trunk(image, *, filters: tuple[int, ...], convs_per_level: int = 2,
+               norm: str = "batch", groups: int = 8, activation: str = "relu",
+               dropout: float = 0.0, upsample: str = "transpose") -> dict:
+    """Builds the trunk on ``image`` and returns its attach points.
+
+    Attach points: ``bottleneck`` (1/2^L resolution, 2 * filters[-1] channels), ``decoder``
+    (full padded resolution, filters[0] channels) and ``decoder.k`` for k = 1..L-1 (the
+    decoder at 1/2^k resolution, filters[k] channels), for deep supervision.
+
+    Every layer's name starts with ``trunk.``: a layer is shared or belongs to one head.
+    """
+    levels = len(filters)
+    block = dict(convs=convs_per_level, norm=norm, groups=groups, activation=activation)
+    x = PadToMultiple(2**levels, name=f"{TRUNK_PREFIX}pad")(image)
+    skips = []
+    for level, f in enumerate(filters):
+        x = conv_block(x, f, name=f"{TRUNK_PREFIX}enc{level}", **block)
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"{TRUNK_PREFIX}enc{level}.pool")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name=f"{TRUNK_PREFIX}bottleneck.dropout")(x)
+    x = conv_block(x, 2 * filters[-1], name=f"{TRUNK_PREFIX}bottleneck", **block)
+    points = {"bottleneck": x}
+    for level in reversed(range(levels)):
+        f = filters[level]
+        name = f"{TRUNK_PREFIX}dec{level}"
+        if upsample == "transpose":
+            x = layers.Conv2DTranspose(f, 2, strides=2, name=f"{name}.up")(x)
+        elif upsample == "resize":
+            x = layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}.resize")(x)
+            x = layers.Conv2D(f, 3, padding="same", name=f"{name}.up")(x)
+        else:
+            raise ValueError(f"upsample must be transpose or resize, got '{upsample}'")
+        x = layers.Concatenate(name=f"{name}.concat")([x, skips[level]])
+        x = conv_block(x, f, name=name, **block)
+        if dropout and level > 0:
+            x = layers.Dropout(dropout, name=f"{name}.dropout")(x)
+        points["decoder" if level == 0 else f"decoder.{level}"] = x
+    return points

@@ -1,0 +1,268 @@
+"""Train a recipe: ``python -m multiseg.train RECIPE.yaml [--set key.path=value ...]``.
+
+Writes the run directory: ``recipe.yaml`` (resolved), ``checkpoints/`` (atomic; the same
+command resumes), ``logs/`` (TensorBoard), ``metrics.json`` and ``model.keras``.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Quiet TensorFlow's start-up chatter unless the user asked for it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from multiseg import recipe as recipe_lib  # noqa: E402
+from multiseg.callbacks import (  # noqa: E402
+    AtomicCheckpoint,
+    HeadLogs,
+    TensorBoardLogs,
+    latest_checkpoint,
+    split_log_key,
+    write_json_atomic,
+)
+from multiseg.data import build_data  # noqa: E402
+from multiseg.models.build import (  # noqa: E402
+    build_model,
+    compile_model,
+    head_losses,
+    loss_terms,
+    parameter_counts,
+)
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used as asked (another recipe's run, unwritable...)."""
+
+
+@dataclass
+class TrainResult:
+    model: keras.Model
+    run_dir: str
+    metrics: dict
+    epochs_run: int
+
+
+def _comparable(recipe_dict: dict) -> dict:
+    # Raising the epoch count and resuming is a normal way to train longer.
+    train = {k: v for k, v in recipe_dict["train"].items() if k != "epochs"}
+    return {**recipe_dict, "train": train, "output": None}
+
+
+def prepare_run_dir(recipe, *, fresh: bool) -> str:
+    """Creates the run directory, refusing to mix two different recipes in one."""
+    run_dir = recipe.output
+    saved = os.path.join(run_dir, "recipe.yaml")
+    if os.path.exists(saved) and not fresh:
+        try:
+            previous = recipe_lib.from_dict(recipe_lib.load_raw(saved)).to_dict()
+        except recipe_lib.RecipeError:
+            previous = None
+        if previous is None or _comparable(previous) != _comparable(recipe.to_dict()):
+            raise RunDirError(
+                f"{run_dir} holds a run of a different recipe ({saved}). Use another --output,"
+                " or --fresh to delete that run and start over.")
+    if fresh and os.path.isdir(run_dir):
+        for name in ("checkpoints", "logs", "metrics.json", "model.keras"):
+            path = os.path.join(run_dir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
+    try:
+        os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+        tmp = f"{saved}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(recipe_lib.dump(recipe))
+        os.replace(tmp, saved)
+    except OSError as exc:
+        raise RunDirError(f"cannot write the run directory {run_dir}: {exc.strerror}") from None
+    return run_dir
+
+
+def describe(recipe, model: keras.Model, data, recipe_path: str | None = None) -> str:
+    """The start-up summary: data, trunk, and per head its target, loss terms and weights."""
+    counts = parameter_counts(model, recipe.heads)
+    d = recipe.data
+    lines = [
+        f"multiseg: {recipe.name}" + (f" ({recipe_path})" if recipe_path else "")
+        + f" -> {recipe.output}",
+        f"data: {d.source.kind}, {d.train} train / {d.val} val, {d.image_size[0]}x"
+        f"{d.image_size[1]}x{data.channels}, batch {recipe.train.batch_size}, "
+        f"{len(data.train)} steps/epoch, {recipe.train.epochs} epochs",
+        f"trunk: unet {list(recipe.model.filters)}, norm {recipe.model.norm}, "
+        f"{counts['shared']:,} params (shared)",
+        "heads:",
+    ]
+    losses = head_losses(recipe)
+    for name, head in recipe.heads.items():
+        target = head.target.source
+        if head.target.derive:
+            opts = ", ".join(f"{k}={v}" for k, v in head.target.options.items())
+            target = f"{head.target.derive}({head.target.source}{', ' + opts if opts else ''})"
+        terms = " + ".join(f"{w:g}*{label}" for label, w, _ in loss_terms(losses[name]))
+        lines.append(
+            f"  {name}: {head.kind}, {head.classes} class{'es' if head.classes > 1 else ''},"
+            f" target {target}, attach {head.attach}, loss_weight {head.loss_weight:g},"
+            f" loss {terms}, {counts[name]:,} params")
+    total = sum(counts.values())
+    lines.append(f"total loss = " + " + ".join(
+        f"{h.loss_weight:g}*{n}" for n, h in recipe.heads.items()) + f"; {total:,} params")
+    return "\n".join(lines)
+
+
+def nest_logs(logs: dict, heads) -> dict:
+    """{"mask_dice": x, "loss": y} -> {"mask": {"dice": x}, "total": {"loss": y}}."""
+    nested: dict[str, dict] = {}
+    for key, value in logs.items():
+        group, name = split_log_key(key, heads)
+        nested.setdefault(group, {})[name] = float(value)
+    return nested
+
+
+def _seed_everything(recipe) -> None:
+    keras.utils.set_random_seed(recipe.seed)
+    if recipe.train.deterministic and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def _preview_images(data, count: int = 4) -> np.ndarray:
+    images, _ = data.val[0]
+    return np.asarray(images[:count])
+
+
+def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
+          recipe_path: str | None = None, extra_callbacks=()) -> TrainResult:
+    """Trains ``recipe`` into its run directory, resuming from its last checkpoint if any."""
+    run_dir = prepare_run_dir(recipe, fresh=fresh)
+    _seed_everything(recipe)
+    data = build_data(recipe)
+    _check_first_batch(recipe, data)
+    model = build_model(recipe, channels=data.channels)
+    steps = len(data.train)
+    compile_model(model, recipe, total_steps=steps * recipe.train.epochs)
+    if verbose:
+        print(describe(recipe, model, data, recipe_path), flush=True)
+
+    checkpoint_dir = os.path.join(run_dir, "checkpoints")
+    initial_epoch = 0
+    found = latest_checkpoint(checkpoint_dir)
+    if found is not None:
+        initial_epoch, path = found
+        model.optimizer.build(model.trainable_variables)
+        model.load_weights(path)
+        if verbose:
+            print(f"resuming from {path} (epoch {initial_epoch})", flush=True)
+    data.train.set_epoch(initial_epoch)
+
+    weights = {name: h.loss_weight for name, h in recipe.heads.items()}
+    spatial = {n: h.kind for n, h in recipe.heads.items() if h.kind != "classification"}
+    tensorboard = TensorBoardLogs(os.path.join(run_dir, "logs"), recipe.heads, weights,
+                                  preview=(_preview_images(data), spatial) if spatial else None)
+    callbacks = [HeadLogs(weights), tensorboard, AtomicCheckpoint(checkpoint_dir),
+                 keras.callbacks.TerminateOnNaN(), *extra_callbacks]
+    started = time.time()
+    history = None
+    try:
+        if initial_epoch < recipe.train.epochs:
+            history = model.fit(data.train, validation_data=data.val, epochs=recipe.train.epochs,
+                                initial_epoch=initial_epoch, callbacks=callbacks,
+                                verbose=verbose)
+    finally:
+        tensorboard.close()
+    elapsed = time.time() - started
+
+    train_logs = {}
+    if history is not None and history.history:
+        train_logs = {k: v[-1] for k, v in history.history.items() if not k.startswith("val_")}
+    val_logs = model.evaluate(data.val, verbose=0, return_dict=True)
+    HeadLogs(weights)._add(val_logs)
+    metrics = {
+        "recipe": recipe.name,
+        "epochs": recipe.train.epochs,
+        "seconds": round(elapsed, 2),
+        "train": nest_logs(train_logs, recipe.heads),
+        "val": nest_logs(val_logs, recipe.heads),
+    }
+    write_json_atomic(os.path.join(run_dir, "metrics.json"), metrics)
+    save_model_atomic(model, os.path.join(run_dir, "model.keras"))
+    if verbose:
+        print(format_metrics(metrics["val"], "validation"), flush=True)
+        print(f"run directory: {run_dir} (tensorboard --logdir {os.path.join(run_dir, 'logs')})",
+              flush=True)
+    return TrainResult(model=model, run_dir=run_dir, metrics=metrics,
+                       epochs_run=recipe.train.epochs - initial_epoch)
+
+
+def _check_first_batch(recipe, data) -> None:
+    """Catches target/head mismatches (encoding, label range) before any training step."""
+    from multiseg.losses import check_targets
+
+    _, targets = data.train[0]
+    for name, head in recipe.heads.items():
+        check_targets(np.asarray(targets[name]), classes=head.classes,
+                      where=f"heads.{name}.target")
+
+
+def save_model_atomic(model: keras.Model, path: str) -> None:
+    tmp = f"{path[: -len('.keras')]}.tmp-{os.getpid()}.keras"
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def format_metrics(nested: dict, title: str) -> str:
+    lines = [f"{title}:"]
+    for group, values in nested.items():
+        lines.append(f"  {group}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m multiseg.train",
+        description="Train a multi-task segmentation recipe into a run directory.")
+    parser.add_argument("recipe", help="recipe YAML file, e.g. recipes/shapes.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY.PATH=VALUE",
+                        help="override a recipe field, e.g. --set train.epochs=2 "
+                             "--set heads.mask.loss_weight=0.5 (repeatable)")
+    parser.add_argument("--output", help="run directory (default: the recipe's output)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="delete an existing run in the output directory and start over")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    args = parser.parse_args(argv)
+    try:
+        recipe = recipe_lib.load(args.recipe, args.overrides)
+        if args.output:
+            recipe = dataclasses.replace(recipe, output=args.output)
+        train(recipe, fresh=args.fresh, verbose=0 if args.quiet else "auto",
+              recipe_path=args.recipe)
+    except (recipe_lib.RecipeError, RunDirError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        # Target checks and loss construction raise ValueError naming the head or file.
+        if "heads." in str(exc) or "data." in str(exc):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        print("\ninterrupted: the last completed epoch is checkpointed; run the same command"
+              " to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

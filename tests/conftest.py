@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny recipes that build and train in seconds on a CPU."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+TINY_RAW = {
+    "version": 1,
+    "name": "tiny",
+    "seed": 1,
+    "data": {"source": {"kind": "shapes", "max_objects": 2}, "image_size": [32, 32],
+             "train": 16, "val": 8, "augment": {"flip": True, "rotate90": True}},
+    "model": {"filters": [4, 8], "norm": "batch"},
+    "heads": {
+        "mask": {"kind": "segmentation", "classes": 4, "target": "mask", "branch": [4],
+                 "loss": [{"name": "dice", "weight": 1.0},
+                          {"name": "crossentropy", "weight": 0.5}],
+                 "loss_weight": 1.0, "metrics": ["dice", "iou"]},
+        "boundary": {"kind": "boundary", "target": {"derive": "boundary", "from": "mask"},
+                     "loss": {"name": "tversky", "alpha": 0.3, "beta": 0.7},
+                     "loss_weight": 0.5},
+        "shape": {"kind": "classification", "classes": 3, "attach": "bottleneck",
+                  "target": "label", "loss": "crossentropy", "loss_weight": 0.2,
+                  "metrics": ["accuracy"]},
+    },
+    "train": {"epochs": 1, "batch_size": 8, "optimizer": {"name": "adam",
+                                                          "learning_rate": 0.01}},
+    "output": "runs/tiny",
+}
+
+
+@pytest.fixture
+def tiny_raw(tmp_path):
+    """Raw data of a three-head recipe whose output lies in a fresh temporary folder."""
+    raw = copy.deepcopy(TINY_RAW)
+    raw["output"] = str(tmp_path / "run")
+    return raw
+
+
+@pytest.fixture
+def tiny_recipe(tiny_raw):
+    from multiseg.recipe import from_dict
+
+    return from_dict(tiny_raw)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory):
+    """One short training run shared by the tests that inspect a run directory."""
+    from multiseg.recipe import from_dict
+    from multiseg.train import train
+
+    raw = copy.deepcopy(TINY_RAW)
+    raw["output"] = str(tmp_path_factory.mktemp("trained") / "run")
+    raw["train"]["epochs"] = 2
+    result = train(from_dict(raw), verbose=0)
+    return result
