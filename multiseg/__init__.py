@@ -6,3 +6,18 @@ import os as _os
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
+
+
+def load_model(path, *, compile: bool = True):
+    """Loads a saved ``model.keras`` in Keras safe mode, with multiseg's custom objects known.
+
+    Plain ``keras.saving.load_model`` works too once ``multiseg.models``, ``multiseg.losses``
+    and ``multiseg.metrics`` are imported: importing them registers their classes.
+    """
+    import keras
+
+    import multiseg.losses  # noqa: F401  (registers the loss classes)
+    import multiseg.metrics  # noqa: F401
+    import multiseg.models.layers  # noqa: F401
+
+    return keras.saving.load_model(path, compile=compile, safe_mode=True)

@@ -171,7 +171,9 @@ def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
     tensorboard = TensorBoardLogs(os.path.join(run_dir, "logs"), recipe.heads, weights,
                                   preview=(_preview_images(data), spatial) if spatial else None)
     callbacks = [HeadLogs(weights), tensorboard, AtomicCheckpoint(checkpoint_dir),
-                 keras.callbacks.TerminateOnNaN(), *extra_callbacks]
+                 keras.callbacks.TerminateOnNaN(),
+                 *gradflow_callbacks(recipe, data, os.path.join(run_dir, "logs")),
+                 *extra_callbacks]
     started = time.time()
     history = None
     try:
@@ -203,6 +205,15 @@ def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
               flush=True)
     return TrainResult(model=model, run_dir=run_dir, metrics=metrics,
                        epochs_run=recipe.train.epochs - initial_epoch)
+
+
+def gradflow_callbacks(recipe, data, logdir: str) -> list:
+    """Per-head gradient snapshots into TensorBoard every ``train.gradflow.every`` steps."""
+    if not recipe.train.gradflow.every:
+        return []
+    from multiseg.gradflow import GradflowLogger
+
+    return [GradflowLogger.from_recipe(recipe, data=data, logdir=logdir)]
 
 
 def _check_first_batch(recipe, data) -> None:

@@ -1,0 +1,180 @@
+"""End to end: a tiny recipe trains into a complete run directory, and the CLI behaves."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import keras  # noqa: F401
+
+import multiseg
+import numpy as np
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from multiseg.data import build_data
+from multiseg.models.build import build_model, compile_model, head_losses
+from multiseg.recipe import from_dict, load
+from multiseg.train import RunDirError, main, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in a TensorBoard run, read back with TensorBoard's own reader."""
+    acc = EventAccumulator(logdir, size_guidance={"tensors": 0})
+    acc.Reload()
+    out = {}
+    for tag in acc.Tags()["tensors"]:
+        events = acc.Tensors(tag)
+        if events and events[0].tensor_proto.dtype == 1 and not events[0].tensor_proto.tensor_shape.dim:
+            out[tag] = [(e.step, float(np.asarray(e.tensor_proto.float_val)[0])) for e in events]
+    return out
+
+
+class TestRunDirectory:
+    def test_files(self, trained_tiny):
+        run = trained_tiny.run_dir
+        for name in ("recipe.yaml", "metrics.json", "model.keras", "checkpoints/state.json"):
+            assert os.path.isfile(os.path.join(run, name)), name
+        assert os.listdir(os.path.join(run, "logs", "train"))
+        assert os.listdir(os.path.join(run, "logs", "validation"))
+        # No temporary files are left behind by the atomic writes.
+        leftovers = [f for _, _, files in os.walk(run) for f in files if "tmp" in f]
+        assert leftovers == []
+
+    def test_resolved_recipe_reloads_equal(self, trained_tiny):
+        saved = load(os.path.join(trained_tiny.run_dir, "recipe.yaml"))
+        with open(os.path.join(trained_tiny.run_dir, "recipe.yaml")) as handle:
+            assert yaml.safe_load(handle)["train"]["epochs"] == 2
+        assert list(saved.heads) == ["mask", "boundary", "shape"]
+
+    def test_metrics_json(self, trained_tiny):
+        with open(os.path.join(trained_tiny.run_dir, "metrics.json")) as handle:
+            metrics = json.load(handle)
+        assert metrics["epochs"] == 2
+        for split in ("train", "val"):
+            for head, w in (("mask", 1.0), ("boundary", 0.5), ("shape", 0.2)):
+                values = metrics[split][head]
+                assert np.isfinite(values["loss"])
+                assert values["weighted_loss"] == pytest.approx(w * values["loss"], rel=1e-6)
+            assert 0.0 <= metrics[split]["mask"]["dice"] <= 1.0
+            assert 0.0 <= metrics[split]["shape"]["accuracy"] <= 1.0
+            assert set(metrics[split]["mask"]) >= {"dice_term", "crossentropy_term", "iou"}
+
+    def test_saved_model_reloads_and_predicts_the_same(self, trained_tiny):
+        path = os.path.join(trained_tiny.run_dir, "model.keras")
+        reloaded = multiseg.load_model(path)
+        x = np.random.default_rng(0).random((2, 40, 28, 3)).astype(np.float32)
+        before = trained_tiny.model.predict(x, verbose=0)
+        after = reloaded.predict(x, verbose=0)
+        assert set(after) == set(before) == {"mask", "boundary", "shape"}
+        for head in before:
+            np.testing.assert_allclose(after[head], before[head], rtol=1e-5, atol=1e-5)
+
+    def test_tensorboard_tags(self, trained_tiny):
+        logs = os.path.join(trained_tiny.run_dir, "logs")
+        train_tags = _scalars(os.path.join(logs, "train"))
+        val_tags = _scalars(os.path.join(logs, "validation"))
+        for head in ("mask", "boundary", "shape"):
+            for name in ("loss", "weighted_loss"):
+                assert f"{head}/{name}" in train_tags and f"{head}/{name}" in val_tags
+            assert f"{head}/loss_weight" in train_tags
+        for tag in ("mask/dice_term", "mask/crossentropy_term", "mask/dice", "mask/iou",
+                    "boundary/dice", "shape/accuracy"):
+            assert tag in train_tags and tag in val_tags, tag
+        assert "total/loss" in train_tags and "total/loss" in val_tags
+        assert "optimizer/learning_rate" in train_tags
+        # One point per epoch, and the weighted value is the weight times the raw one.
+        assert [step for step, _ in train_tags["mask/loss"]] == [1, 2]
+        raw = dict(train_tags["boundary/loss"])
+        weighted = dict(train_tags["boundary/weighted_loss"])
+        for step in raw:
+            assert weighted[step] == pytest.approx(0.5 * raw[step], rel=1e-5)
+        assert dict(train_tags["shape/loss_weight"]) == {1: pytest.approx(0.2),
+                                                          2: pytest.approx(0.2)}
+
+
+class TestTotalLoss:
+    def test_total_is_weighted_sum_of_heads(self, tiny_recipe):
+        data = build_data(tiny_recipe)
+        model = build_model(tiny_recipe, channels=data.channels)
+        compile_model(model, tiny_recipe)
+        images, targets = data.val[0]
+        logs = model.evaluate(images, targets, verbose=0, return_dict=True,
+                              batch_size=len(images))
+        predictions = model(images, training=False)
+        # Independent: each head's loss object on the model's own predictions.
+        expected = 0.0
+        for name, loss in head_losses(tiny_recipe).items():
+            value = float(loss(targets[name], predictions[name]))
+            assert logs[f"{name}_loss"] == pytest.approx(value, rel=1e-5)
+            expected += tiny_recipe.heads[name].loss_weight * value
+        assert logs["loss"] == pytest.approx(expected, rel=1e-5)
+
+    def test_loss_weight_key_mismatch_refused(self, tiny_recipe):
+        model = build_model(tiny_recipe, channels=3)
+        broken = copy.copy(tiny_recipe)
+        object.__setattr__(broken, "heads", {k: v for k, v in tiny_recipe.heads.items()
+                                             if k != "shape"})
+        with pytest.raises(ValueError, match="do not match the model outputs"):
+            compile_model(model, broken)
+
+
+class TestResume:
+    def test_continue_with_more_epochs(self, tiny_raw):
+        tiny_raw["data"]["train"] = 8
+        first = train(from_dict(tiny_raw), verbose=0)
+        assert first.epochs_run == 1
+        weights = [w.copy() for w in first.model.get_weights()]
+        tiny_raw["train"]["epochs"] = 2
+        second = train(from_dict(tiny_raw), verbose=0)
+        assert second.epochs_run == 1  # resumed after epoch 1
+        with open(os.path.join(second.run_dir, "checkpoints", "state.json")) as handle:
+            assert json.load(handle)["epoch"] == 2
+        assert any(not np.array_equal(a, b) for a, b in
+                   zip(weights, second.model.get_weights()))
+
+    def test_other_recipe_in_same_dir_refused(self, tiny_raw):
+        tiny_raw["data"]["train"] = 8
+        train(from_dict(tiny_raw), verbose=0)
+        tiny_raw["heads"]["mask"]["loss_weight"] = 0.3
+        with pytest.raises(RunDirError, match="different recipe"):
+            train(from_dict(tiny_raw), verbose=0)
+        result = train(from_dict(tiny_raw), verbose=0, fresh=True)
+        assert result.epochs_run == 1
+
+
+class TestCommandLine:
+    def _write(self, tmp_path, raw):
+        path = tmp_path / "recipe.yaml"
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        return str(path)
+
+    def test_bad_recipe_exits_2_without_traceback(self, tmp_path, tiny_raw):
+        tiny_raw["heads"]["mask"]["loss"][0]["name"] = "dise"
+        path = self._write(tmp_path, tiny_raw)
+        proc = subprocess.run([sys.executable, "-m", "multiseg.train", path],
+                              capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert proc.returncode == 2
+        assert "heads.mask.loss[0].name: unknown loss 'dise' (did you mean 'dice'?)" in proc.stderr
+        assert "Traceback" not in proc.stderr
+
+    def test_bad_override_exits_2(self, tmp_path, tiny_raw, capsys):
+        path = self._write(tmp_path, tiny_raw)
+        assert main([path, "--set", "train.epochs=-1"]) == 2
+        assert "train.epochs: must be > 0" in capsys.readouterr().err
+
+    def test_overrides_and_output(self, tmp_path, tiny_raw, capsys):
+        tiny_raw["data"]["train"] = 8
+        path = self._write(tmp_path, tiny_raw)
+        out = tmp_path / "elsewhere"
+        assert main([path, "--set", "heads.mask.loss_weight=0.25", "--output", str(out)]) == 0
+        printed = capsys.readouterr().out
+        assert "total loss = 0.25*mask + 0.5*boundary + 0.2*shape" in printed
+        assert "mask: segmentation, 4 classes" in printed
+        assert load(out / "recipe.yaml").heads["mask"].loss_weight == 0.25
