@@ -147,6 +147,8 @@ class TrainSpec:
     weighting: str = "static"
     gradflow: GradflowSpec = GradflowSpec()
     deterministic: bool = False  # op-level determinism (slower)
+    on_nonfinite: str = "stop"  # a NaN/Inf loss: stop (keep the last good checkpoint) | skip
+    max_skipped_steps: int = 10  # with skip: give up after this many steps in a row
 
 
 @dataclass(frozen=True)
@@ -624,6 +626,9 @@ def _read_train(sec: _Section) -> TrainSpec:
         weighting=sec.choice("weighting", WEIGHTINGS, "static"),
         gradflow=gradflow,
         deterministic=sec.get("deterministic", bool, False),
+        on_nonfinite=sec.choice("on_nonfinite", ("stop", "skip"), "stop"),
+        max_skipped_steps=sec.get("max_skipped_steps", int, 10, _all(_positive,
+                                                                     _at_most(1_000_000))),
     )
     sec.finish()
     return spec

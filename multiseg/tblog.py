@@ -51,7 +51,9 @@ class SummaryWriter:
 
         array = np.asarray(pixels)
         if array.dtype != np.uint8:
-            array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
+            # A diverged model predicts NaN: show it black rather than fail.
+            array = np.nan_to_num(np.clip(array, 0, 1), nan=0.0)
+            array = (array * 255).round().astype(np.uint8)
         if array.ndim == 2:
             array = np.stack([array] * 3, axis=-1)
         buffer = io.BytesIO()

@@ -13,6 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
+import json  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -24,8 +25,13 @@ import numpy as np  # noqa: E402
 from multiseg import recipe as recipe_lib  # noqa: E402
 from multiseg.callbacks import (  # noqa: E402
     AtomicCheckpoint,
+    CheckpointWriteError,
     HeadLogs,
+    InterruptGuard,
+    NonFiniteGuard,
+    NonFiniteLoss,
     TensorBoardLogs,
+    TrainingInterrupted,
     latest_checkpoint,
     split_log_key,
     write_json_atomic,
@@ -38,6 +44,33 @@ from multiseg.models.build import (  # noqa: E402
     loss_terms,
     parameter_counts,
 )
+
+
+class GlobalSteps(keras.utils.PyDataset):
+    """Training batches addressed by global step: batch ``g`` is batch ``g % steps`` of epoch
+    ``g // steps``, whatever order or look-ahead Keras fetches them in.
+
+    Keras's own PyDataset handling shuffles batch indices and prefetches across epoch ends, so
+    an epoch counter advanced by ``on_epoch_end`` can be out of step with the batches being
+    fetched. Addressing by global step keeps the data a pure function of (seed, epoch, index),
+    which is what makes a resumed run see exactly the batches of an uninterrupted one.
+    """
+
+    def __init__(self, batches, *, start: int, stop: int):
+        super().__init__()
+        self.batches = batches
+        self.steps = len(batches)
+        self.start = start
+        self.stop = stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, index: int):
+        epoch, step = divmod(self.start + index, self.steps)
+        if self.batches.epoch != epoch:
+            self.batches.set_epoch(epoch)
+        return self.batches[step]
 
 
 class RunDirError(RuntimeError):
@@ -115,7 +148,7 @@ def describe(recipe, model: keras.Model, data, recipe_path: str | None = None) -
             f" target {target}, attach {head.attach}, loss_weight {head.loss_weight:g},"
             f" loss {terms}, {counts[name]:,} params")
     total = sum(counts.values())
-    lines.append(f"total loss = " + " + ".join(
+    lines.append("total loss = " + " + ".join(
         f"{h.loss_weight:g}*{n}" for n, h in recipe.heads.items()) + f"; {total:,} params")
     return "\n".join(lines)
 
@@ -156,38 +189,66 @@ def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
         print(describe(recipe, model, data, recipe_path), flush=True)
 
     checkpoint_dir = os.path.join(run_dir, "checkpoints")
-    initial_epoch = 0
+    initial_epoch, initial_step = 0, 0
     found = latest_checkpoint(checkpoint_dir)
     if found is not None:
-        initial_epoch, path = found
+        initial_epoch, initial_step, path = found
         model.optimizer.build(model.trainable_variables)
         model.load_weights(path)
         if verbose:
-            print(f"resuming from {path} (epoch {initial_epoch})", flush=True)
-    data.train.set_epoch(initial_epoch)
+            at = f"epoch {initial_epoch}" + (f", step {initial_step}" if initial_step else "")
+            print(f"resuming from {path} ({at})", flush=True)
 
     weights = {name: h.loss_weight for name, h in recipe.heads.items()}
     spatial = {n: h.kind for n, h in recipe.heads.items() if h.kind != "classification"}
     tensorboard = TensorBoardLogs(os.path.join(run_dir, "logs"), recipe.heads, weights,
                                   preview=(_preview_images(data), spatial) if spatial else None)
-    callbacks = [HeadLogs(weights), tensorboard, AtomicCheckpoint(checkpoint_dir),
-                 keras.callbacks.TerminateOnNaN(),
+    checkpoint = AtomicCheckpoint(checkpoint_dir)
+    nonfinite = NonFiniteGuard(recipe.heads, checkpoint, mode=recipe.train.on_nonfinite,
+                               max_skipped=recipe.train.max_skipped_steps)
+    interrupt = InterruptGuard(checkpoint)
+    callbacks = [HeadLogs(weights), tensorboard, nonfinite, interrupt, checkpoint,
                  *gradflow_callbacks(recipe, data, os.path.join(run_dir, "logs")),
                  *extra_callbacks]
     started = time.time()
     history = None
+    epochs = recipe.train.epochs
+    resumed_from = initial_epoch
     try:
-        if initial_epoch < recipe.train.epochs:
-            history = model.fit(data.train, validation_data=data.val, epochs=recipe.train.epochs,
+        steps = len(data.train)
+        if initial_step and initial_epoch < epochs:
+            # Finish the epoch that an interrupt cut short, from the step after the checkpoint.
+            interrupt.epoch, interrupt.start_step = initial_epoch, initial_step
+            start = initial_epoch * steps + initial_step
+            history = model.fit(GlobalSteps(data.train, start=start,
+                                            stop=(initial_epoch + 1) * steps),
+                                steps_per_epoch=steps - initial_step, shuffle=False,
+                                validation_data=data.val, epochs=initial_epoch + 1,
                                 initial_epoch=initial_epoch, callbacks=callbacks,
+                                verbose=verbose)
+            initial_epoch += 1
+        if initial_epoch < epochs and not (interrupt.requested or nonfinite.failure):
+            interrupt.start_step = 0
+            history = model.fit(GlobalSteps(data.train, start=initial_epoch * steps,
+                                            stop=epochs * steps),
+                                steps_per_epoch=steps, shuffle=False, validation_data=data.val,
+                                epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks,
                                 verbose=verbose)
     finally:
         tensorboard.close()
     elapsed = time.time() - started
+    if nonfinite.failure:
+        raise NonFiniteLoss(nonfinite.failure)
+    if interrupt.requested:
+        raise TrainingInterrupted(
+            f"interrupted: checkpoint saved to {interrupt.saved_path}; run the same command to"
+            " resume from there")
 
+    metrics_path = os.path.join(run_dir, "metrics.json")
     train_logs = {}
     if history is not None and history.history:
         train_logs = {k: v[-1] for k, v in history.history.items() if not k.startswith("val_")}
+        HeadLogs(weights)._add(train_logs)
     val_logs = model.evaluate(data.val, verbose=0, return_dict=True)
     HeadLogs(weights)._add(val_logs)
     metrics = {
@@ -197,14 +258,18 @@ def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
         "train": nest_logs(train_logs, recipe.heads),
         "val": nest_logs(val_logs, recipe.heads),
     }
-    write_json_atomic(os.path.join(run_dir, "metrics.json"), metrics)
+    if not train_logs and os.path.exists(metrics_path):
+        # Nothing left to train: keep the figures of the run that finished.
+        with open(metrics_path, encoding="utf-8") as handle:
+            metrics["train"] = json.load(handle).get("train", {})
+    write_json_atomic(metrics_path, metrics)
     save_model_atomic(model, os.path.join(run_dir, "model.keras"))
     if verbose:
         print(format_metrics(metrics["val"], "validation"), flush=True)
         print(f"run directory: {run_dir} (tensorboard --logdir {os.path.join(run_dir, 'logs')})",
               flush=True)
     return TrainResult(model=model, run_dir=run_dir, metrics=metrics,
-                       epochs_run=recipe.train.epochs - initial_epoch)
+                       epochs_run=epochs - resumed_from)
 
 
 def gradflow_callbacks(recipe, data, logdir: str) -> list:
@@ -228,8 +293,13 @@ def _check_first_batch(recipe, data) -> None:
 
 def save_model_atomic(model: keras.Model, path: str) -> None:
     tmp = f"{path[: -len('.keras')]}.tmp-{os.getpid()}.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise CheckpointWriteError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def format_metrics(nested: dict, title: str) -> str:
@@ -259,9 +329,15 @@ def main(argv: list[str] | None = None) -> int:
             recipe = dataclasses.replace(recipe, output=args.output)
         train(recipe, fresh=args.fresh, verbose=0 if args.quiet else "auto",
               recipe_path=args.recipe)
-    except (recipe_lib.RecipeError, RunDirError) as exc:
+    except (recipe_lib.RecipeError, RunDirError, CheckpointWriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except NonFiniteLoss as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except TrainingInterrupted as exc:
+        print(f"\n{exc}", file=sys.stderr)
+        return 130
     except ValueError as exc:
         # Target checks and loss construction raise ValueError naming the head or file.
         if "heads." in str(exc) or "data." in str(exc):

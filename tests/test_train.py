@@ -9,13 +9,12 @@ import subprocess
 import sys
 
 import keras  # noqa: F401
-
-import multiseg
 import numpy as np
 import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import multiseg
 from multiseg.data import build_data
 from multiseg.models.build import build_model, compile_model, head_losses
 from multiseg.recipe import from_dict, load
@@ -31,7 +30,8 @@ def _scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
     out = {}
     for tag in acc.Tags()["tensors"]:
         events = acc.Tensors(tag)
-        if events and events[0].tensor_proto.dtype == 1 and not events[0].tensor_proto.tensor_shape.dim:
+        proto = events[0].tensor_proto if events else None
+        if proto is not None and proto.dtype == 1 and not proto.tensor_shape.dim:  # float32 scalar
             out[tag] = [(e.step, float(np.asarray(e.tensor_proto.float_val)[0])) for e in events]
     return out
 
@@ -137,7 +137,7 @@ class TestResume:
         with open(os.path.join(second.run_dir, "checkpoints", "state.json")) as handle:
             assert json.load(handle)["epoch"] == 2
         assert any(not np.array_equal(a, b) for a, b in
-                   zip(weights, second.model.get_weights()))
+                   zip(weights, second.model.get_weights(), strict=False))
 
     def test_other_recipe_in_same_dir_refused(self, tiny_raw):
         tiny_raw["data"]["train"] = 8
