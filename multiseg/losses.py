@@ -19,12 +19,17 @@ Conventions shared by every loss (written out once here, repeated in ``docs/loss
 - Region losses (Dice, Jaccard, Tversky...) return one value per sample, shape (N,); with
   ``per_sample=False`` the batch value is repeated N times so that Keras's reductions and
   sample weights behave the same in both modes. Pixel losses (crossentropy, focal...) return
-  one value per pixel, shape ``y_pred.shape[:-1]``, so pixel-wise sample weights work.
+  one value per pixel, shape ``y_pred.shape[:-1]``. Sample weights may be per sample (N,) or
+  per pixel (N, ...): they are broadcast over pixels, or averaged per sample, to fit.
 - All reductions run in float32, whatever the compute dtype (float16 sums over a 512x512 image
   overflow).
 - An empty class (absent from the target and from the prediction) scores a perfect ratio of 1:
   the smoothing terms give (0 + s) / (0 + s) = 1, and with zero smoothing the 0 / 0 case is
   defined as 1 explicitly.
+- ``include_background`` concerns softmax heads only: binary and multilabel heads have no
+  background channel.
+- Label values are not range-checked inside the graph (a label outside [0, C) one-hot encodes
+  to all zeros); ``check_targets`` checks the data, with a clear message, before training.
 """
 
 from __future__ import annotations
@@ -195,7 +200,7 @@ def _log_probs(y_pred: Any, *, from_logits: bool, multilabel: bool) -> tuple[Any
         if sigmoid:
             return ops.log_sigmoid(y_pred), ops.log_sigmoid(-y_pred)
         return ops.log_softmax(y_pred, axis=-1), None
-    p = ops.clip(y_pred, _EPS, 1.0 - _EPS)
+    p = _clip(y_pred, _EPS, 1.0 - _EPS)
     return ops.log(p), (ops.log(1.0 - p) if sigmoid else None)
 
 
@@ -228,8 +233,10 @@ def _class_mean(values: Any, weights: Any) -> Any:
 
 def _ratio(num: Any, den: Any) -> Any:
     # den == 0 only with zero smoothing on a class empty in target and prediction: define 1.
-    safe = ops.where(den > 0, den, ops.ones_like(den))
-    return ops.where(den > 0, num / safe, ops.ones_like(den))
+    # Test `den == 0`, not `den > 0`: a NaN from the model must reach the loss value.
+    empty = den == 0
+    safe = ops.where(empty, ops.ones_like(den), den)
+    return ops.where(empty, ops.ones_like(den), num / safe)
 
 
 def _per_sample(value: Any, y_pred: Any, per_sample: bool) -> Any:
@@ -248,9 +255,16 @@ def _power(x: Any, gamma: float) -> Any:
         return x
     if gamma == 0.0:
         return ops.ones_like(x)
-    positive = x > 0
-    safe = ops.where(positive, x, ops.ones_like(x))
-    return ops.where(positive, ops.power(safe, gamma), ops.zeros_like(x))
+    zero = x == 0  # not `x > 0`, which would turn a NaN into 0
+    safe = ops.where(zero, ops.ones_like(x), x)
+    return ops.where(zero, ops.zeros_like(x), ops.power(safe, gamma))
+
+
+def _clip(x: Any, low: float, high: float) -> Any:
+    """Clip that keeps NaN (``ops.clip``/``maximum`` may map NaN to a bound on TensorFlow),
+    so that a non-finite model output shows in the loss instead of being hidden."""
+    x = ops.where(x < low, low * ops.ones_like(x), x)
+    return ops.where(x > high, high * ops.ones_like(x), x)
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,7 +280,8 @@ def dice(y_true: Any, y_pred: Any, *, from_logits: bool = False, smooth_nr: floa
     owner = "dice"
     g = _targets(y_true, y_pred, multilabel=multilabel, owner=owner)
     p = _activate(y_pred, from_logits=from_logits, multilabel=multilabel)
-    weights = _class_weights(p.shape[-1], _tuple(class_weights), include_background, owner)
+    weights = _class_weights(p.shape[-1], _tuple(class_weights),
+                             include_background or multilabel, owner)
     axes = _sum_axes(len(p.shape), per_sample)
     inter = ops.sum(p * g, axis=axes)
     if squared:
@@ -285,7 +300,8 @@ def jaccard(y_true: Any, y_pred: Any, *, from_logits: bool = False, smooth_nr: f
     owner = "jaccard"
     g = _targets(y_true, y_pred, multilabel=multilabel, owner=owner)
     p = _activate(y_pred, from_logits=from_logits, multilabel=multilabel)
-    weights = _class_weights(p.shape[-1], _tuple(class_weights), include_background, owner)
+    weights = _class_weights(p.shape[-1], _tuple(class_weights),
+                             include_background or multilabel, owner)
     axes = _sum_axes(len(p.shape), per_sample)
     inter = ops.sum(p * g, axis=axes)
     if squared:
@@ -304,7 +320,7 @@ def generalized_dice(y_true: Any, y_pred: Any, *, from_logits: bool = False,
     owner = "generalized_dice"
     g = _targets(y_true, y_pred, multilabel=multilabel, owner=owner)
     p = _activate(y_pred, from_logits=from_logits, multilabel=multilabel)
-    mask = _class_weights(p.shape[-1], None, include_background, owner)
+    mask = _class_weights(p.shape[-1], None, include_background or multilabel, owner)
     axes = _sum_axes(len(p.shape), per_sample)
     inter = ops.sum(p * g, axis=axes)
     total = ops.sum(p, axis=axes) + ops.sum(g, axis=axes)
@@ -339,7 +355,8 @@ def tversky(y_true: Any, y_pred: Any, *, from_logits: bool = False, alpha: float
     owner = "tversky"
     g = _targets(y_true, y_pred, multilabel=multilabel, owner=owner)
     p = _activate(y_pred, from_logits=from_logits, multilabel=multilabel)
-    weights = _class_weights(p.shape[-1], _tuple(class_weights), include_background, owner)
+    weights = _class_weights(p.shape[-1], _tuple(class_weights),
+                             include_background or multilabel, owner)
     axes = _sum_axes(len(p.shape), per_sample)
     tp = ops.sum(p * g, axis=axes)
     fp = ops.sum(p * (1.0 - g), axis=axes)
@@ -347,7 +364,7 @@ def tversky(y_true: Any, y_pred: Any, *, from_logits: bool = False, alpha: float
     index = _ratio(tp + smooth_nr, tp + alpha * fp + beta * fn + smooth_dr)
     # Clip at 0: rounding can leave 1 - index a hair below 0, and a fractional power of a
     # negative number is NaN.
-    per_class = _power(ops.maximum(1.0 - index, 0.0), gamma)
+    per_class = _power(_clip(1.0 - index, 0.0, math.inf), gamma)
     return _per_sample(_class_mean(per_class, weights), y_pred, per_sample)
 
 
@@ -371,7 +388,7 @@ def focal(y_true: Any, y_pred: Any, *, from_logits: bool = False, gamma: float =
     weights = 1.0 if alpha is None else _alpha_vector(alpha, channels, sigmoid=False,
                                                       owner=owner)
     # Clip 1 - p at 0: softmax can round p a hair above 1.
-    modulating = _power(ops.maximum(1.0 - p, 0.0), gamma)
+    modulating = _power(_clip(1.0 - p, 0.0, math.inf), gamma)
     return -ops.sum(weights * g * modulating * log_p, axis=-1)
 
 

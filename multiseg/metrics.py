@@ -77,8 +77,9 @@ def _safe_ratio(num: Any, den: Any, empty: Any) -> Any:
     """num / den; 1 where the class is empty in target and prediction; 0 where den is 0."""
     # Metric variables are not arrays on JAX: convert before *_like ops.
     num, den = ops.convert_to_tensor(num), ops.convert_to_tensor(den)
-    safe = ops.where(den > 0, den, ops.ones_like(den))
-    value = ops.where(den > 0, num / safe, ops.zeros_like(den))
+    zero = den == 0
+    safe = ops.where(zero, ops.ones_like(den), den)
+    value = ops.where(zero, ops.zeros_like(den), num / safe)
     return ops.where(empty, ops.ones_like(den), value)
 
 
@@ -115,7 +116,7 @@ class _ClassMetric(keras.metrics.Metric):
         """The value of ``class_id``, or the mean over the included classes."""
         if self.class_id is not None:
             return per_class[self.class_id]
-        if self.classes > 1 and not self.include_background:
+        if self.classes > 1 and not self.multilabel and not self.include_background:
             return ops.mean(per_class[1:])
         return ops.mean(per_class)
 
@@ -169,7 +170,8 @@ _CLASS_ARGS_DOC = """
         classes: output channels of the head (1 = binary). Required.
         from_logits: ``y_pred`` are logits (decides the default threshold only; argmax is
             the same on logits and probabilities). Default False.
-        include_background: include channel 0 in the class mean when classes > 1. Default
+        include_background: include channel 0 in the class mean of a softmax head with
+            classes > 1 (binary and multilabel heads have no background channel). Default
             False.
         class_id: report this channel only instead of the mean. Default None.
         threshold: decision threshold for one channel or multilabel channels. Default None:
