@@ -75,7 +75,7 @@ class TensorBoardLogs(keras.callbacks.Callback):
         self.heads = list(heads)
         self.loss_weights = dict(loss_weights)
         self.every_steps = every_steps
-        self.preview = preview  # (images, {head: kind}) drawn each epoch
+        self.preview = preview  # (images, targets, [spatial heads]) drawn each epoch
         self.writers: dict[str, SummaryWriter] = {}
         self.step = 0
 
@@ -113,16 +113,18 @@ class TensorBoardLogs(keras.callbacks.Callback):
             writer.flush()
 
     def _write_preview(self, writer: SummaryWriter, step: int) -> None:
-        images, kinds = self.preview
+        images, targets, kinds = self.preview
         outputs = self.model.predict(images, verbose=0)
         rows = []
         for i in range(images.shape[0]):
             tiles = [_to_rgb(images[i])]
-            for head, kind in kinds.items():
-                tiles.append(_colour_prediction(np.asarray(outputs[head][i]), kind))
+            for head in kinds:
+                prediction = np.asarray(outputs[head][i])
+                tiles.append(_colour_target(np.asarray(targets[head][i]), prediction.shape[-1]))
+                tiles.append(_colour_prediction(prediction))
             rows.append(np.concatenate(tiles, axis=1))
-        writer.image("predictions/" + "|".join(["image", *kinds]), np.concatenate(rows, axis=0),
-                     step)
+        columns = ["image"] + [f"{head} {part}" for head in kinds for part in ("target", "pred")]
+        writer.image("predictions/" + " | ".join(columns), np.concatenate(rows, axis=0), step)
 
     def on_train_end(self, logs=None):
         for writer in self.writers.values():
@@ -146,7 +148,14 @@ def _to_rgb(image: np.ndarray) -> np.ndarray:
     return image[..., :3]
 
 
-def _colour_prediction(logits: np.ndarray, kind: str) -> np.ndarray:
+def _colour_target(target: np.ndarray, channels: int) -> np.ndarray:
+    labels = target[..., 0].astype(int)
+    if channels == 1:
+        return np.repeat(labels[..., None].astype(np.float32), 3, axis=-1)
+    return _PALETTE[labels % len(_PALETTE)]
+
+
+def _colour_prediction(logits: np.ndarray) -> np.ndarray:
     """Class colours for a multi-class map, grey levels of the probability for one channel."""
     if logits.shape[-1] == 1:
         prob = 1 / (1 + np.exp(-logits[..., 0]))

@@ -170,9 +170,11 @@ def _seed_everything(recipe) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def _preview_images(data, count: int = 4) -> np.ndarray:
-    images, _ = data.val[0]
-    return np.asarray(images[:count])
+def _preview(data, heads: list[str], count: int = 4) -> tuple:
+    """A few validation images and their targets, drawn in TensorBoard each epoch."""
+    images, targets = data.val[0]
+    return (np.asarray(images[:count]), {h: np.asarray(targets[h][:count]) for h in heads},
+            heads)
 
 
 def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
@@ -200,9 +202,9 @@ def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
             print(f"resuming from {path} ({at})", flush=True)
 
     weights = {name: h.loss_weight for name, h in recipe.heads.items()}
-    spatial = {n: h.kind for n, h in recipe.heads.items() if h.kind != "classification"}
+    spatial = [n for n, h in recipe.heads.items() if h.kind != "classification"]
     tensorboard = TensorBoardLogs(os.path.join(run_dir, "logs"), recipe.heads, weights,
-                                  preview=(_preview_images(data), spatial) if spatial else None)
+                                  preview=_preview(data, spatial) if spatial else None)
     checkpoint = AtomicCheckpoint(checkpoint_dir)
     nonfinite = NonFiniteGuard(recipe.heads, checkpoint, mode=recipe.train.on_nonfinite,
                                max_skipped=recipe.train.max_skipped_steps)
