@@ -178,3 +178,25 @@ class TestCommandLine:
         assert "total loss = 0.25*mask + 0.5*boundary + 0.2*shape" in printed
         assert "mask: segmentation, 4 classes" in printed
         assert load(out / "recipe.yaml").heads["mask"].loss_weight == 0.25
+
+
+class TestEvaluate:
+    def test_matches_the_runs_final_metrics(self, trained_tiny, capsys):
+        from multiseg.evaluate import evaluate
+        from multiseg.evaluate import main as evaluate_main
+
+        with open(os.path.join(trained_tiny.run_dir, "metrics.json")) as handle:
+            saved = json.load(handle)["val"]
+        figures = evaluate(trained_tiny.run_dir)
+        for head in ("mask", "boundary", "shape"):
+            assert figures[head]["loss"] == pytest.approx(saved[head]["loss"], rel=1e-5)
+        from_checkpoint = evaluate(trained_tiny.run_dir, checkpoint=True)
+        assert from_checkpoint["mask"]["dice"] == pytest.approx(saved["mask"]["dice"], rel=1e-5)
+        assert evaluate_main([trained_tiny.run_dir]) == 0
+        assert "mask: " in capsys.readouterr().out
+
+    def test_not_a_run(self, tmp_path, capsys):
+        from multiseg.evaluate import main as evaluate_main
+
+        assert evaluate_main([str(tmp_path)]) == 2
+        assert "no recipe.yaml here" in capsys.readouterr().err
