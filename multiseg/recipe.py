@@ -11,6 +11,8 @@ import dataclasses
 import difflib
 import math
 import os
+import re
+import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,8 +27,8 @@ UPSAMPLE_MODES = ("transpose", "resize")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 WEIGHTINGS = ("static",)
 DERIVATIONS = ("boundary", "label")
-BOUNDARY_MODES = ("inner", "outer", "thick")
-LABEL_MODES = ("dominant",)
+BOUNDARY_MODES = ("inner", "outer", "thick", "touching")
+LABEL_MODES = ("dominant", "presence", "count", "coverage")
 
 # Defaults chosen per head kind: what a user gets by writing only `kind` and `target`.
 DEFAULT_LOSSES: dict[str, list[dict[str, Any]]] = {
@@ -58,13 +60,28 @@ class RecipeError(ValueError):
 
 @dataclass(frozen=True)
 class AugmentSpec:
+    """Joint augmentation of the image and its masks; every transform is off by default."""
+
     flip: bool = False  # random horizontal and vertical flips
     rotate90: bool = False  # random multiples of 90 degrees (square images only)
+    rotate: float = 0.0  # rotation by up to +-rotate degrees (masks: nearest neighbour)
+    scale: float = 0.0  # zoom by a factor in [1 - scale, 1 + scale]
+    shift: float = 0.0  # shift by up to +-shift of the height and width
+    crop: float = 0.0  # random window of (1 - crop) to 1 of each side, resized to full size
+    brightness: float = 0.0  # add up to +-brightness to the image
+    contrast: float = 0.0  # scale deviations from the mean by [1 - contrast, 1 + contrast]
+    gamma: float = 0.0  # gamma in [1 / (1 + gamma), 1 + gamma] on the image's own range
+    noise: float = 0.0  # Gaussian noise, standard deviation up to noise
+
+
+# The largest value of each numeric augmentation option.
+_AUGMENT_LIMITS = {"rotate": 180.0, "scale": 0.9, "shift": 0.5, "crop": 0.9,
+                   "brightness": 1.0, "contrast": 1.0, "gamma": 4.0, "noise": 1.0}
 
 
 @dataclass(frozen=True)
 class SourceSpec:
-    kind: str  # built-in source: shapes | cells | cardiac
+    kind: str  # shapes | cells | cardiac (synthetic) | folder | arrays (your files)
     options: Mapping[str, Any] = field(default_factory=dict)  # the source's own options
 
 
@@ -72,9 +89,13 @@ class SourceSpec:
 class DataSpec:
     source: SourceSpec
     image_size: tuple[int, int]  # (height, width) of every sample
-    train: int  # number of training samples
-    val: int  # number of validation samples
+    # Synthetic sources: samples generated (required). File sources: samples per epoch
+    # (None: one pass over the images or tiles; with patches: random, one crop per image).
+    train: int | None = None
+    val: int | None = None  # validation samples (file sources: at most this many)
     augment: AugmentSpec = AugmentSpec()
+    patches: str = "whole"  # whole (images are image_size) | tile | random (crops)
+    tile_overlap: int = 0  # patches: tile -- pixels shared by neighbouring tiles, at least
 
 
 @dataclass(frozen=True)
@@ -169,11 +190,14 @@ class Recipe:
             "name": self.name,
             "seed": self.seed,
             "data": {
-                "source": {"kind": self.data.source.kind, **dict(self.data.source.options)},
+                "source": {"kind": self.data.source.kind,
+                           **_plain(dict(self.data.source.options))},
                 "image_size": list(self.data.image_size),
                 "train": self.data.train,
                 "val": self.data.val,
                 "augment": dataclasses.asdict(self.data.augment),
+                "patches": self.data.patches,
+                "tile_overlap": self.data.tile_overlap,
             },
             "model": {**dataclasses.asdict(self.model), "filters": list(self.model.filters)},
             "heads": {name: _head_to_dict(h) for name, h in self.heads.items()},
@@ -186,7 +210,7 @@ def _head_to_dict(head: HeadSpec) -> dict[str, Any]:
     target: Any = head.target.source
     if head.target.derive:
         target = {"derive": head.target.derive, "from": head.target.source,
-                  **dict(head.target.options)}
+                  **_plain(dict(head.target.options))}
     return {
         "kind": head.kind,
         "classes": head.classes,
@@ -219,6 +243,21 @@ def _type_name(value: Any) -> str:
                                                                           type(value).__name__)
 
 
+# Values quoted in messages are shortened: a 100 kB string or a deeply nested list from a
+# broken recipe must give a readable message, not a huge one (or a RecursionError).
+_SHOW = reprlib.Repr()
+_SHOW.maxstring = _SHOW.maxother = 80
+_SHOW.maxlevel = 3
+
+
+def _show(value: Any) -> str:
+    """A short repr of a user's value for an error message."""
+    try:
+        return _SHOW.repr(value)
+    except ValueError:  # an integer beyond Python's 4300-digit str() limit
+        return f"<an integer of {value.bit_length()} bits>"
+
+
 def _suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
     close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
@@ -234,7 +273,9 @@ class _Section:
             raise RecipeError(path, f"expected a mapping, got {_type_name(raw)}")
         for key in raw:
             if not isinstance(key, str):
-                raise RecipeError(path, f"keys must be strings, got {key!r}")
+                raise RecipeError(path, f"keys must be strings, got {_type_name(key)}"
+                                  f" ({_show(key)}); YAML reads unquoted yes, no, on, off,"
+                                  " null and numbers as values: quote such a key")
         self.raw = raw
         self.path = path
         self.used: set[str] = set()
@@ -257,15 +298,23 @@ class _Section:
         self.used.add(key)
         if key not in self.raw or self.raw[key] is None and default is not ...:
             if default is ...:
-                raise RecipeError(self.sub(key), "is required")
+                raise self.missing(key)
             return default
         value = self.raw[key]
         return _check_value(value, kind, self.sub(key), check)
 
+    def missing(self, key: str, explain: str = "") -> RecipeError:
+        """The error for a required key that is absent; a misspelling of it is pointed out."""
+        typo = difflib.get_close_matches(key, [k for k in self.raw if k not in self.used],
+                                         n=1, cutoff=0.6)
+        hint = f" (found '{typo[0]}': a misspelling of '{key}'?)" if typo else ""
+        return RecipeError(self.sub(key), f"is required{explain}{hint}")
+
     def choice(self, key: str, choices: tuple[str, ...], default: Any = ...) -> str:
         value = self.get(key, str, default)
         if value not in choices:
-            raise RecipeError(self.sub(key), f"unknown value '{value}'{_suggest(value, choices)}."
+            raise RecipeError(self.sub(key), f"unknown value {_show(value)}"
+                              f"{_suggest(value, choices)}."
                               f" Expected one of: {', '.join(choices)}")
         return value
 
@@ -281,20 +330,23 @@ def _check_value(value: Any, kind: type | tuple[type, ...], path: str,
                  check: Callable[[Any], str | None] | None = None) -> Any:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise RecipeError(path, f"must be a finite number, got {_show(value)}") from None
     if isinstance(value, bool) and bool not in kinds:
         ok = False
     else:
         ok = isinstance(value, kinds)
     if not ok:
         expected = " or ".join(_type_name(k()) if k is not type(None) else "empty" for k in kinds)
-        raise RecipeError(path, f"expected {expected}, got {_type_name(value)} ({value!r})")
+        raise RecipeError(path, f"expected {expected}, got {_type_name(value)} ({_show(value)})")
     if isinstance(value, float) and not math.isfinite(value):
         raise RecipeError(path, f"must be a finite number, got {value}")
     if check is not None:
         problem = check(value)
         if problem:
-            raise RecipeError(path, f"{problem}, got {value!r}")
+            raise RecipeError(path, f"{problem}, got {_show(value)}")
     return value
 
 
@@ -324,7 +376,8 @@ def _int_list(raw: Any, path: str, *, min_len: int, check=_positive, max_value=4
     if isinstance(raw, int) and not isinstance(raw, bool):
         raw = [raw]
     if not isinstance(raw, list):
-        raise RecipeError(path, f"expected a list of integers, got {_type_name(raw)} ({raw!r})")
+        raise RecipeError(path, f"expected a list of integers, got {_type_name(raw)}"
+                          f" ({_show(raw)})")
     if len(raw) < min_len:
         raise RecipeError(path, f"needs at least {min_len} entr{'y' if min_len == 1 else 'ies'}")
     return tuple(_check_value(v, int, f"{path}[{i}]", _all(check, _at_most(max_value)))
@@ -336,7 +389,8 @@ def _int_list(raw: Any, path: str, *, min_len: int, check=_positive, max_value=4
 
 
 def _read_data(sec: _Section) -> DataSpec:
-    from multiseg.data.sources import SOURCES, source_options
+    from multiseg.data.patches import PATCH_MODES
+    from multiseg.data.sources import SOURCES, is_synthetic, option_types, source_options
 
     raw_source = sec.raw_value("source")
     src_path = sec.sub("source")
@@ -349,9 +403,7 @@ def _read_data(sec: _Section) -> DataSpec:
     allowed = source_options(kind)
     options = {}
     for key, default in allowed.items():
-        value = src.get(key, (type(default),) if default is not None else (int, float, str),
-                        default)
-        options[key] = value
+        options[key] = src.get(key, option_types(kind, key), default)
     src.finish()
     problem = SOURCES[kind].check_options(options)
     if problem:
@@ -363,17 +415,39 @@ def _read_data(sec: _Section) -> DataSpec:
         size = (size[0], size[0])
     if len(size) != 2:
         raise RecipeError(sec.sub("image_size"), f"expected [height, width], got {size_raw!r}")
-    train = sec.get("train", int, check=_all(_positive, _at_most(10_000_000)))
-    val = sec.get("val", int, check=_all(_positive, _at_most(10_000_000)))
+    count_check = _all(_positive, _at_most(10_000_000))
+    if is_synthetic(kind):
+        train = sec.get("train", int, check=count_check)
+        val = sec.get("val", int, check=count_check)
+    else:
+        # File sources: the files decide; train/val set samples per epoch (or at most).
+        train = sec.get("train", int, None, count_check)
+        val = sec.get("val", int, None, count_check)
     aug = sec.section("augment")
-    augment = AugmentSpec(flip=aug.get("flip", bool, False),
-                          rotate90=aug.get("rotate90", bool, False))
+    values: dict[str, Any] = {"flip": aug.get("flip", bool, False),
+                              "rotate90": aug.get("rotate90", bool, False)}
+    for key, limit in _AUGMENT_LIMITS.items():
+        values[key] = aug.get(key, float, 0.0, _all(_non_negative, _at_most(limit)))
+    augment = AugmentSpec(**values)
     aug.finish()
     if augment.rotate90 and size[0] != size[1]:
         raise RecipeError(aug.sub("rotate90"), f"needs square images, image_size is {list(size)}")
+    patches = sec.choice("patches", PATCH_MODES, "whole")
+    overlap = sec.get("tile_overlap", int, 0, _non_negative)
+    if overlap and patches != "tile":
+        raise RecipeError(sec.sub("tile_overlap"), "applies to patches: tile only")
+    if overlap >= min(size):
+        raise RecipeError(sec.sub("tile_overlap"), f"must be smaller than the tile size"
+                          f" {list(size)}, got {overlap}")
+    if is_synthetic(kind) and patches != "whole":
+        raise RecipeError(sec.sub("patches"), f"the synthetic source '{kind}' draws samples at"
+                          " image_size already; patches apply to folder and arrays sources")
+    if options.get("split") == "tiles" and patches == "whole":
+        raise RecipeError(f"{src_path}.split", "split: tiles holds out tiles of every image:"
+                          " set data.patches to tile or random")
     sec.finish()
     return DataSpec(source=SourceSpec(kind, options), image_size=size, train=train, val=val,
-                    augment=augment)
+                    augment=augment, patches=patches, tile_overlap=overlap)
 
 
 def _read_model(sec: _Section) -> ModelSpec:
@@ -398,8 +472,8 @@ def _read_model(sec: _Section) -> ModelSpec:
         keras.activations.get(spec.activation)
     except (ValueError, TypeError):
         raise RecipeError(sec.sub("activation"),
-                          f"unknown activation '{spec.activation}' (a keras activation name such"
-                          " as relu, gelu, silu, elu, leaky_relu)") from None
+                          f"unknown activation {_show(spec.activation)} (a keras activation name"
+                          " such as relu, gelu, silu, elu, leaky_relu)") from None
     sec.finish()
     return spec
 
@@ -416,12 +490,17 @@ def _read_target(raw: Any, path: str, source_targets: Mapping[str, Any]) -> Targ
                               f"{_suggest(raw, list(source_targets))}. It provides: "
                               f"{', '.join(source_targets)}; or derive one with"
                               " {derive: boundary, from: mask}")
+        if source_targets[raw].kind == "instances":
+            raise RecipeError(path, f"'{raw}' holds object ids, not a target a head can"
+                              f" learn: use the semantic mask, or derive from it, e.g."
+                              f" {{derive: boundary, from: {raw}}} (lines between objects) or"
+                              f" {{derive: label, from: {raw}, mode: count, bins: [5, 20]}}")
         return TargetSpec(source=raw)
     sec = _Section(raw, path)
     derive = sec.choice("derive", DERIVATIONS)
     src = sec.get("from", str, "mask")
-    if src not in source_targets or source_targets[src].kind != "mask":
-        masks = [k for k, t in source_targets.items() if t.kind == "mask"]
+    if src not in source_targets or source_targets[src].kind not in ("mask", "instances"):
+        masks = [k for k, t in source_targets.items() if t.kind in ("mask", "instances")]
         raise RecipeError(sec.sub("from"), f"'{src}' is not a mask of the data source;"
                           f" masks it provides: {', '.join(masks) or 'none'}")
     options: dict[str, Any] = {}
@@ -429,9 +508,43 @@ def _read_target(raw: Any, path: str, source_targets: Mapping[str, Any]) -> Targ
         options["width"] = sec.get("width", int, 1, _all(_positive, _at_most(64)))
         options["mode"] = sec.choice("mode", BOUNDARY_MODES, "thick")
     else:
-        options["mode"] = sec.choice("mode", LABEL_MODES, "dominant")
+        mode = options["mode"] = sec.choice("mode", LABEL_MODES, "dominant")
+        if mode == "count" and source_targets[src].kind != "instances":
+            instances = [k for k, t in source_targets.items() if t.kind == "instances"]
+            raise RecipeError(sec.sub("mode"), f"counting objects needs instance ids; '{src}'"
+                              " is a semantic mask. "
+                              + (f"Use from: {instances[0]}" if instances else
+                                 "Read instance masks with data.source.mask_format: instances"))
+        if mode in ("count", "coverage"):
+            options["bins"] = _read_bins(sec, mode)
+        elif sec.has("bins"):
+            sec.raw_value("bins")
+            raise RecipeError(sec.sub("bins"), f"applies to mode: count or coverage, not {mode}")
     sec.finish()
     return TargetSpec(source=src, derive=derive, options=options)
+
+
+def _read_bins(sec: _Section, mode: str) -> list[float]:
+    """Increasing thresholds that cut a count or a fraction into len(bins) + 1 classes."""
+    path = sec.sub("bins")
+    raw = sec.raw_value("bins")
+    example = "[5, 20]" if mode == "count" else "[0.1, 0.3]"
+    if raw is None:
+        raise RecipeError(path, f"is required with mode: {mode}: increasing thresholds such as"
+                          f" {example} (classes: below the first, between, from the last)")
+    if not isinstance(raw, list) or not raw:
+        raise RecipeError(path, f"expected a non-empty list of numbers such as {example}, got"
+                          f" {raw!r}")
+    limit = (0.0, 1e9) if mode == "count" else (0.0, 1.0)
+    bins = [_check_value(v, (int, float), f"{path}[{i}]",
+                         lambda v: None if limit[0] < v < limit[1] or (mode == "count" and
+                                                                      v == limit[1])
+                         else f"must be in ({limit[0]:g}, {limit[1]:g})")
+            for i, v in enumerate(raw)]
+    if any(b <= a for a, b in zip(bins, bins[1:], strict=False)):
+        raise RecipeError(path, f"must increase strictly, got {raw!r}")
+    # Object counts read best as integers ("bins=[11]", not [11.0]).
+    return [int(b) if mode == "count" and float(b).is_integer() else b for b in bins]
 
 
 def target_classes(target: TargetSpec, source_targets: Mapping[str, Any]) -> int:
@@ -440,7 +553,11 @@ def target_classes(target: TargetSpec, source_targets: Mapping[str, Any]) -> int
     if target.derive == "boundary":
         return 1
     if target.derive == "label":
-        # The most frequent foreground class; a binary mask gives "has foreground or not".
+        mode = target.options.get("mode", "dominant")
+        if mode in ("count", "coverage"):
+            return len(target.options["bins"]) + 1
+        # dominant: the most frequent foreground class; presence: one 0/1 per foreground
+        # class. A binary mask gives "has foreground or not" (2 classes) in both modes.
         foreground = info.classes - 1 if info.classes > 1 else 1
         return foreground if foreground > 1 else 2
     return info.classes
@@ -469,20 +586,54 @@ def _read_terms(raw: Any, path: str, kind: str) -> tuple[LossTermSpec, ...]:
         where = f"{path}[{i}]" if isinstance(raw, list) else path
         if isinstance(entry, str):
             entry = {"name": entry}
+        if not isinstance(entry, (Mapping, type(None))):
+            raise RecipeError(where, "expected a loss name such as 'dice' or a mapping {name:"
+                              f" dice, weight: 1.0, ...}}, got {_type_name(entry)}"
+                              f" ({_show(entry)})")
         sec = _Section(entry, where)
         name = sec.get("name", str)
         if name not in LOSSES:
-            raise RecipeError(sec.sub("name"), f"unknown loss '{name}'"
+            raise RecipeError(sec.sub("name"), f"unknown loss {_show(name)}"
                               f"{_suggest(name, list(LOSSES))}. Expected one of: "
                               f"{', '.join(LOSSES)}")
         weight = sec.get("weight", float, 1.0, _all(_non_negative, _at_most(1e6)))
         options = _read_options(sec, loss_options(name), f"loss '{name}'")
         sec.finish()
-        _try_build(where, lambda: build_loss({"name": name, **options}, from_logits=True))
+        _try_build(where, lambda: build_loss({"name": name, **options}, from_logits=True),
+                   options)
         terms.append(LossTermSpec(name=name, weight=weight, options=options))
     if all(t.weight == 0 for t in terms):
         raise RecipeError(path, "every term has weight 0: the head would learn nothing")
     return tuple(terms)
+
+
+def _check_term_channels(term: LossTermSpec, classes: int, where: str) -> None:
+    """Per-channel loss options must fit the head's output channels. The loss itself can only
+    tell at the first training step, deep inside Keras; the recipe knows now."""
+    sigmoid = classes == 1 or term.options.get("multilabel", False)
+    weights = term.options.get("class_weights")
+    if isinstance(weights, list):
+        # crossentropy on one sigmoid channel weighs [background, foreground].
+        want = 2 if term.name == "crossentropy" and classes == 1 else classes
+        if len(weights) != want:
+            raise RecipeError(f"{where}.class_weights", f"has {len(weights)} entries; this head"
+                              f" has {classes} output channel{'s' if classes > 1 else ''}:"
+                              f" give {want}" + (" ([background, foreground])"
+                                                 if classes == 1 and want == 2 else ""))
+    alpha = term.options.get("alpha") if term.name == "focal" else None
+    if isinstance(alpha, list) and classes == 1:
+        raise RecipeError(f"{where}.alpha", "a binary head takes one number: the weight of"
+                          f" positives (negatives get 1 - alpha), got {_show(alpha)}")
+    if isinstance(alpha, list) and len(alpha) != classes:
+        raise RecipeError(f"{where}.alpha", f"has {len(alpha)} entries; this head has"
+                          f" {classes} classes: give one weight per class")
+    if isinstance(alpha, (int, float)) and not sigmoid:
+        raise RecipeError(f"{where}.alpha", f"one number is ambiguous for a {classes}-class"
+                          f" softmax head: give one weight per class, e.g. {[alpha] * classes}")
+    if term.name == "weighted_crossentropy" and not sigmoid:
+        raise RecipeError(f"{where}.name", f"weighted_crossentropy is a per-channel sigmoid"
+                          f" loss; this head has {classes} softmax classes: use crossentropy"
+                          " with class_weights, or multilabel: true")
 
 
 def _read_options(sec: _Section, allowed: Mapping[str, Any], what: str) -> dict[str, Any]:
@@ -495,7 +646,7 @@ def _read_options(sec: _Section, allowed: Mapping[str, Any], what: str) -> dict[
                               " not by the recipe: remove it")
         if key not in allowed:
             raise RecipeError(sec.sub(key), f"unknown option of {what}"
-                              f"{_suggest(key, list(allowed))}. Options: "
+                              f"{_suggest(key, [*allowed, 'weight'])}. Options: "
                               f"{', '.join(allowed) or 'none'}")
         value = sec.raw_value(key)
         default = allowed[key]
@@ -503,16 +654,33 @@ def _read_options(sec: _Section, allowed: Mapping[str, Any], what: str) -> dict[
             value = _check_value(value, bool, sec.sub(key))
         elif isinstance(default, (int, float)) and not isinstance(value, (list, tuple)):
             value = _check_value(value, (int, float), sec.sub(key))
+        _check_option_size(value, sec.sub(key))
         options[key] = value
     return options
 
 
-def _try_build(path: str, make: Callable[[], Any]) -> None:
+def _check_option_size(value: Any, path: str) -> None:
+    """Numbers in loss and metric options (and in their lists) must be finite and of a sane
+    size: the losses compute in float32, where 1e300 is inf."""
+    entries = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+    for i, entry in entries:
+        if isinstance(entry, (int, float)) and not isinstance(entry, bool):
+            _check_value(entry, (int, float), path if i is None else f"{path}[{i}]",
+                         lambda v: None if abs(v) <= 1e6 else "must be between -1e6 and 1e6")
+
+
+def _try_build(path: str, make: Callable[[], Any], options: Mapping[str, Any] | None = None
+               ) -> None:
     """Builds a loss or metric now so that bad option values fail at load time."""
     try:
         make()
     except (ValueError, TypeError) as exc:
-        raise RecipeError(path, str(exc)) from None
+        message = str(exc)
+        # The loss or metric quotes the option at fault ("invalid `alpha`=..."): name its path.
+        found = re.search(r"`(\w+)(\[\d+\])?`", message)
+        if found and found.group(1) in (options or {}):
+            path = f"{path}.{found.group(1)}{found.group(2) or ''}"
+        raise RecipeError(path, message) from None
 
 
 def _read_metrics(raw: Any, path: str, kind: str, classes: int) -> tuple[MetricSpec, ...]:
@@ -528,16 +696,19 @@ def _read_metrics(raw: Any, path: str, kind: str, classes: int) -> tuple[MetricS
         where = f"{path}[{i}]"
         if isinstance(entry, str):
             entry = {"name": entry}
+        if not isinstance(entry, (Mapping, type(None))):
+            raise RecipeError(where, "expected a metric name such as 'dice' or a mapping {name:"
+                              f" dice, ...}}, got {_type_name(entry)} ({_show(entry)})")
         sec = _Section(entry, where)
         name = sec.get("name", str)
         if name not in METRICS:
             raise RecipeError(sec.sub("name") if isinstance(raw[i], dict) else where,
-                              f"unknown metric '{name}'{_suggest(name, list(METRICS))}."
+                              f"unknown metric {_show(name)}{_suggest(name, list(METRICS))}."
                               f" Expected one of: {', '.join(METRICS)}")
         options = _read_options(sec, metric_options(name), f"metric '{name}'")
         sec.finish()
         _try_build(where, lambda: build_metric({"name": name, **options}, classes=classes,
-                                               from_logits=True))
+                                               from_logits=True), options)
         label = options.get("class_id", "")
         if (name, label) in seen:
             raise RecipeError(where, f"metric '{name}' is listed twice")
@@ -549,10 +720,15 @@ def _read_metrics(raw: Any, path: str, kind: str, classes: int) -> tuple[MetricS
 def _read_head(name: str, sec: _Section, levels: int, source_targets: Mapping[str, Any]
                ) -> HeadSpec:
     kind = sec.choice("kind", HEAD_KINDS)
+    raw_target = sec.raw_value("target")
+    if raw_target is None:
+        raise sec.missing("target", ": the source key (mask, label) or a derivation such as"
+                          " {derive: boundary, from: mask}")
+    if not isinstance(raw_target, (str, Mapping)):
+        raise RecipeError(sec.sub("target"), "expected the source key (mask, label) or a"
+                          " derivation such as {derive: boundary, from: mask}, got"
+                          f" {_type_name(raw_target)} ({_show(raw_target)})")
     target = _read_target(sec.raw_value("target"), sec.sub("target"), source_targets)
-    if not sec.has("target"):
-        raise RecipeError(sec.sub("target"), "is required: the source key (mask, label) or a"
-                          " derivation such as {derive: boundary, from: mask}")
     t_kind = target_kind(target, source_targets)
     t_classes = target_classes(target, source_targets)
     if kind == "classification" and t_kind != "label":
@@ -583,10 +759,16 @@ def _read_head(name: str, sec: _Section, levels: int, source_targets: Mapping[st
     default_attach = "bottleneck" if kind == "classification" else "decoder"
     attach = sec.get("attach", str, default_attach)
     if attach not in points:
-        raise RecipeError(sec.sub("attach"), f"unknown attach point '{attach}'"
+        raise RecipeError(sec.sub("attach"), f"unknown attach point {_show(attach)}"
                           f"{_suggest(attach, points)}. This trunk has: {', '.join(points)}")
     branch = _int_list(sec.get("branch", (list, int), []), sec.sub("branch"), min_len=0)
+    if len(branch) > 16:
+        raise RecipeError(sec.sub("branch"), f"at most 16 layers, got {len(branch)}")
     loss = _read_terms(sec.raw_value("loss"), sec.sub("loss"), kind)
+    for i, term in enumerate(loss):
+        where = f"{sec.sub('loss')}[{i}]" if isinstance(sec.raw.get("loss"), list) else sec.sub(
+            "loss")
+        _check_term_channels(term, classes, where)
     loss_weight = sec.get("loss_weight", float, 1.0, _all(_non_negative, _at_most(1e6)))
     metrics = _read_metrics(sec.raw_value("metrics"), sec.sub("metrics"), kind, classes)
     grad_scale = sec.get("grad_scale", float, 1.0, _all(_non_negative, _at_most(1e3)))
@@ -604,17 +786,18 @@ def _read_train(sec: _Section) -> TrainSpec:
     optimizer = OptimizerSpec(
         name=opt.choice("name", OPTIMIZERS, "adam"),
         learning_rate=opt.get("learning_rate", float, 1e-3, _all(_positive, _at_most(10.0))),
-        weight_decay=opt.get("weight_decay", float, None, _non_negative),
+        weight_decay=opt.get("weight_decay", float, None, _all(_non_negative, _at_most(1.0))),
         momentum=opt.get("momentum", float, None,
                          lambda v: None if 0 <= v < 1 else "must be in [0, 1)"),
-        clipnorm=opt.get("clipnorm", float, None, _positive),
+        clipnorm=opt.get("clipnorm", float, None, _all(_positive, _at_most(1e6))),
     )
     opt.finish()
     gf_raw = sec.raw_value("gradflow")
     if isinstance(gf_raw, int) and not isinstance(gf_raw, bool):
         gf_raw = {"every": gf_raw}
     gf = _Section(gf_raw, sec.sub("gradflow"))
-    gradflow = GradflowSpec(every=gf.get("every", int, 0, _non_negative))
+    gradflow = GradflowSpec(every=gf.get("every", int, 0, _all(_non_negative,
+                                                               _at_most(10_000_000))))
     gf.finish()
     spec = TrainSpec(
         epochs=sec.get("epochs", int, 10, _all(_positive, _at_most(100_000))),
@@ -645,17 +828,24 @@ def from_dict(raw: Any, *, where: str = "") -> Recipe:
     if raw is None:
         raise RecipeError(where, "the recipe is empty")
     top = _Section(raw, "")
+    # A misspelled section ("haeds") is the mistake to report, not the section it hides.
+    top.used.update(("version", "name", "seed", "data", "model", "heads", "train", "output"))
+    top.finish()
     version = top.get("version", int, RECIPE_VERSION)
     if version != RECIPE_VERSION:
         raise RecipeError("version", f"this multiseg reads recipe version {RECIPE_VERSION},"
                           f" got {version}")
     name = top.get("name", str, "multiseg-run",
-                   lambda v: None if v and "/" not in v and v.strip() == v
-                   else "must be a non-empty name without '/' or surrounding spaces")
+                   lambda v: None if v and "/" not in v and v.strip() == v and len(v) <= 255
+                   else "must be a non-empty name of at most 255 characters (it names the run"
+                   " directory), without '/' or surrounding spaces")
     seed = top.get("seed", int, 0, _all(_non_negative, _at_most(2**32 - 1)))
     data = _read_data(top.section("data"))
     model = _read_model(top.section("model"))
     heads_raw = top.raw_value("heads")
+    if heads_raw is None:
+        raise top.missing("heads", ": at least one head, e.g. heads: {mask: {kind:"
+                          " segmentation, target: mask}}")
     if not heads_raw:
         raise RecipeError("heads", "at least one head is required, e.g. heads: {mask: {kind:"
                           " segmentation, target: mask}}")
@@ -667,8 +857,14 @@ def from_dict(raw: Any, *, where: str = "") -> Recipe:
             raise RecipeError(f"heads.{head_name}", "head names must be identifiers (letters,"
                               " digits, '_', not starting with a digit) and not start with"
                               " 'trunk'")
+        if head_name in ("val", "total", "optimizer", "learning") or head_name.startswith("val_"):
+            raise RecipeError(f"heads.{head_name}", "is a reserved name: Keras logs validation"
+                              " values as 'val_<key>', and multiseg groups its logs under"
+                              " 'total', 'optimizer' and 'learning_rate'. Choose another name")
         heads[head_name] = _read_head(head_name, heads_sec.section(head_name),
                                       len(model.filters), s_targets)
+    if all(head.loss_weight == 0 for head in heads.values()):
+        raise RecipeError("heads", "every head has loss_weight 0: nothing would be trained")
     train = _read_train(top.section("train"))
     output = top.get("output", str, f"runs/{name}",
                      lambda v: None if v.strip() else "must be a non-empty path")
@@ -700,8 +896,9 @@ def parse_override(text: str) -> tuple[list[str | int], Any]:
             rest = rest[1:] if rest.startswith("[") else rest
     try:
         value = yaml.safe_load(value_text) if value_text.strip() else None
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"--set {key}", f"value is not valid YAML: {exc}") from None
+    except (yaml.YAMLError, RecursionError, ValueError) as exc:
+        problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [repr(exc)])[0]
+        raise RecipeError(f"--set {key}", f"value is not valid YAML: {problem}") from None
     return parts, value
 
 
@@ -722,8 +919,10 @@ def apply_override(raw: dict, parts: list[str | int], value: Any) -> None:
         else:
             if isinstance(part, str) and (part not in node or node[part] is None):
                 node[part] = {}
-            elif isinstance(part, str) and isinstance(node[part], str):
-                # `source: shapes` is shorthand for `source: {kind: shapes}`; same for loss.
+            elif isinstance(part, str) and isinstance(node[part], str) and part in (
+                    "source", "loss", "optimizer"):
+                # `source: shapes` is shorthand for `source: {kind: shapes}`; same for loss
+                # and optimizer ({name: ...}). Other strings are not mappings to set into.
                 node[part] = {"kind" if part == "source" else "name": node[part]}
             node = node[part]
 
@@ -738,14 +937,62 @@ def load_raw(path: str | os.PathLike) -> Any:
         raise RecipeError(path, "no such recipe file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(path, f"cannot read the recipe: {exc}") from None
+    # yaml.safe_load, in its steps, to look at the document's nodes before building values.
+    loader = None
     try:
-        return yaml.safe_load(text)
+        loader = yaml.SafeLoader(text)  # its reader refuses control characters right away
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicate_keys(node, path)
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise RecipeError(where, f"not valid YAML (or uses a tag that a safe loader refuses):"
                           f" {problem}") from None
+    except RecursionError:
+        raise RecipeError(path, "not a recipe: nested too deeply to read") from None
+    except RecipeError:
+        raise
+    except ValueError as exc:
+        # A value YAML recognises but cannot build: !!int abc, 2001-02-30, a 5000-digit number.
+        raise RecipeError(path, f"not valid YAML: a value cannot be read: {exc}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _refuse_duplicate_keys(root: yaml.Node, file: str) -> None:
+    """A key given twice in one mapping is an error. PyYAML keeps the last one without a word,
+    so a second head ``mask:`` would silently replace the first. Merge keys (``<<``) and the
+    keys they bring keep their YAML meaning."""
+    todo, done = [(root, "")], set()
+    while todo:  # iterative, and each node once: aliases can share nodes many times over
+        node, where = todo.pop()
+        if id(node) in done:
+            continue
+        done.add(id(node))
+        children = []
+        if isinstance(node, yaml.SequenceNode):
+            children = [(child, f"{where}[{i}]") for i, child in enumerate(node.value)]
+        elif isinstance(node, yaml.MappingNode):
+            lines: dict[tuple[str, str], int] = {}
+            for key_node, value_node in node.value:
+                if (not isinstance(key_node, yaml.ScalarNode)
+                        or key_node.tag == "tag:yaml.org,2002:merge"):
+                    continue
+                sub = f"{where}.{key_node.value}" if where else key_node.value
+                key = (key_node.tag, key_node.value)
+                line = key_node.start_mark.line + 1
+                if key in lines:
+                    raise RecipeError(sub, f"is given twice in {file} (lines {lines[key]} and"
+                                      f" {line}); YAML would keep only the last one silently:"
+                                      " remove or rename one")
+                lines[key] = line
+                children.append((value_node, sub))
+        todo.extend(reversed(children))
 
 
 def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
@@ -762,6 +1009,8 @@ def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -
     try:
         return from_dict(raw)
     except RecipeError as exc:
+        if not exc.path:  # the top level: name the file
+            raise RecipeError(os.fspath(path), exc.message) from None
         raise RecipeError(exc.path, f"{exc.message} (in {os.fspath(path)})") from None
 
 

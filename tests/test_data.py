@@ -1,4 +1,8 @@
-"""Synthetic sources, derived targets, augmentation alignment and batching."""
+"""Synthetic sources, derived targets, augmentation alignment and batching.
+
+File sources are tested in test_data_files.py, sample sets and the input pipeline in
+test_data_pipeline.py.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,22 @@ import numpy as np
 import pytest
 
 from multiseg.data import Batches, HeadTarget, build_data
-from multiseg.data.augment import augment_batch
-from multiseg.data.sources import SOURCES, generate, source_targets
-from multiseg.data.targets import boundary_map, dominant_label
+from multiseg.data.augment import OPTIONS, augment_batch, random_affine, warp
+from multiseg.data.sources import SOURCES, generate, is_synthetic, source_targets
+from multiseg.data.targets import (
+    boundary_map,
+    count_label,
+    coverage_label,
+    distance_map,
+    dominant_label,
+    presence_labels,
+)
+
+SYNTHETIC = [kind for kind in SOURCES if is_synthetic(kind)]
 
 
 class TestSources:
-    @pytest.mark.parametrize("kind", list(SOURCES))
+    @pytest.mark.parametrize("kind", SYNTHETIC)
     def test_shapes_and_ranges(self, kind):
         arrays = generate(kind, {}, count=6, size=(24, 40), seed=0, split="train")
         targets = source_targets(kind, {})
@@ -25,7 +38,7 @@ class TestSources:
         assert arrays["label"].shape == (6,)
         assert 0 <= arrays["label"].min() and arrays["label"].max() < targets["label"].classes
 
-    @pytest.mark.parametrize("kind", list(SOURCES))
+    @pytest.mark.parametrize("kind", SYNTHETIC)
     def test_deterministic_by_seed_and_index(self, kind):
         a = generate(kind, {}, count=4, size=(32, 32), seed=5, split="train")
         b = generate(kind, {}, count=6, size=(32, 32), seed=5, split="train")
@@ -73,7 +86,7 @@ class TestBoundary:
         assert inner[:, [0, 1, 4, 5]].sum() == 0
 
     def test_bad_mode(self):
-        with pytest.raises(ValueError, match="thick, inner or outer"):
+        with pytest.raises(ValueError, match="thick, inner, outer or touching"):
             boundary_map(np.zeros((1, 4, 4), np.uint8), mode="middle")
 
 
@@ -92,7 +105,200 @@ class TestDominantLabel:
         np.testing.assert_array_equal(dominant_label(mask, classes=1), [0, 1])
 
 
+class TestInstanceBoundary:
+    # Two touching objects (ids 4 and 9) and a separate one (id 2), hand-drawn:
+    #   row 1..3: 4 4 9 9 . 2
+    IDS = np.array([[[0, 0, 0, 0, 0, 0, 0],
+                     [0, 4, 4, 9, 9, 0, 2],
+                     [0, 4, 4, 9, 9, 0, 2],
+                     [0, 4, 4, 9, 9, 0, 2],
+                     [0, 0, 0, 0, 0, 0, 0]]])
+
+    def test_touching_is_the_line_between_objects(self):
+        expected = np.zeros((5, 7), np.uint8)
+        expected[1:4, 2:4] = 1  # the columns where 4 meets 9; object 2 touches no object
+        np.testing.assert_array_equal(boundary_map(self.IDS, mode="touching")[0], expected)
+
+    def test_inner_separates_touching_objects(self):
+        inner = boundary_map(self.IDS, mode="inner")[0]
+        semantic = boundary_map((self.IDS > 0).astype(np.uint8), mode="inner")[0]
+        # From the semantic mask the shared edge (columns 2, 3 of row 2) is inside one blob;
+        # from instance ids it is a boundary.
+        assert inner[2, 2] == 1 and inner[2, 3] == 1
+        assert semantic[2, 2] == 0 and semantic[2, 3] == 0
+        # Everything else agrees: every object pixel here is at an edge of its object.
+        np.testing.assert_array_equal(inner, self.IDS[0] > 0)
+
+    def test_touching_between_semantic_classes(self):
+        mask = np.array([[[1, 1, 2, 2, 0, 0, 3]]])
+        np.testing.assert_array_equal(boundary_map(mask, mode="touching")[0],
+                                      [[0, 1, 1, 0, 0, 0, 0]])
+
+
+class TestImageLabels:
+    MASKS = np.zeros((3, 4, 4), np.uint8)
+    MASKS[0, 0, :2] = 1  # 2 px of class 1
+    MASKS[0, 3, :] = 3  # 4 px of class 3
+    MASKS[1, :, :] = 2  # all class 2
+
+    def test_presence_multi_hot(self):
+        # Channels are classes 1, 2, 3; sample 2 is empty.
+        np.testing.assert_array_equal(presence_labels(self.MASKS, classes=4),
+                                      [[1, 0, 1], [0, 1, 0], [0, 0, 0]])
+
+    def test_presence_binary_is_any_foreground(self):
+        np.testing.assert_array_equal(presence_labels((self.MASKS > 0).astype(np.uint8),
+                                                      classes=1), [1, 1, 0])
+
+    def test_coverage(self):
+        # Foreground fractions 6/16, 16/16, 0 with bins [0.25, 0.5]: classes 1, 2, 0.
+        np.testing.assert_array_equal(coverage_label(self.MASKS, bins=[0.25, 0.5]), [1, 2, 0])
+
+    @pytest.mark.parametrize("bins,expected", [([2], [1, 0, 0]), ([1, 3], [2, 1, 0]),
+                                               ([4], [0, 0, 0])])
+    def test_count(self, bins, expected):
+        ids = np.zeros((3, 4, 4), np.int32)
+        ids[0, 0, 0], ids[0, 1, 1], ids[0, 3, 3] = 5, 6, 7  # 3 objects
+        ids[1, :2] = 8  # 1 object
+        np.testing.assert_array_equal(count_label(ids, bins=bins), expected)
+
+
+class TestDistanceMap:
+    def test_against_brute_force(self):
+        rng = np.random.default_rng(1)
+        mask = np.zeros((2, 20, 24), np.uint8)
+        mask[0, 5:12, 4:15] = 1
+        mask[1] = rng.random((20, 24)) < 0.02
+        edge = boundary_map(mask, width=1)
+        got = distance_map(mask, clip=6)
+        for n in range(2):
+            ys, xs = np.nonzero(edge[n])
+            yy, xx = np.mgrid[0:20, 0:24]
+            d = np.sqrt((yy[..., None] - ys) ** 2 + (xx[..., None] - xs) ** 2).min(axis=-1)
+            np.testing.assert_allclose(got[n], np.minimum(d, 6), atol=1e-5)
+
+    def test_no_boundary_is_clip(self):
+        assert np.all(distance_map(np.zeros((1, 5, 5), np.uint8), clip=3) == 3)
+
+
+def _blocks(n=6, size=32, seed=0):
+    """Masks of a few labelled rectangles: large uniform regions, so interiors exist."""
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        for label in (1, 2, 3):
+            y, x = rng.integers(0, size - 10, size=2)
+            masks[i, y : y + 10, x : x + 12] = label
+    return masks
+
+
+def _interior(mask, radius=2):
+    """Pixels whose (2r+1)^2 neighbourhood holds a single label, away from the image border
+    (beyond it the mirrored content is not visible to this check)."""
+    inside = boundary_map(mask, width=radius) == 0
+    inside[:, :radius], inside[:, -radius:] = False, False
+    inside[:, :, :radius], inside[:, :, -radius:] = False, False
+    return inside
+
+
+def _centroids(mask, label):
+    yy, xx = np.nonzero(mask == label)
+    return np.array([yy.mean(), xx.mean()]) if yy.size else None
+
+
+# One geometric transform at a time, then all of them together.
+GEOMETRIC = [{"flip": True}, {"rotate90": True}, {"rotate": 30.0}, {"scale": 0.2},
+             {"shift": 0.2}, {"crop": 0.4},
+             {"flip": True, "rotate90": True, "rotate": 15.0, "scale": 0.15, "shift": 0.1,
+              "crop": 0.2}]
+
+
 class TestAugment:
+    @pytest.mark.parametrize("options", GEOMETRIC, ids=lambda o: "+".join(o))
+    def test_geometric_keeps_image_mask_and_instances_aligned(self, options):
+        masks = _blocks()
+        ids = (masks * 10 + 1) * (masks > 0)  # instance ids that encode the class
+        # The image encodes its own mask: channel k is 1 where the mask is k.
+        image = (masks[..., None] == np.arange(4)).astype(np.float32)
+        rng = np.random.default_rng(0)
+        out_image, out = augment_batch(rng, image, {"mask": masks, "instances": ids},
+                                       **options)
+        mask = out["mask"]
+        assert not np.array_equal(mask, masks)  # something did change
+        # Masks are resampled by nearest neighbour: labels stay labels, ids follow the mask.
+        assert set(np.unique(mask)) <= {0, 1, 2, 3}
+        np.testing.assert_array_equal(out["instances"], (mask * 10 + 1) * (mask > 0))
+        # Inside uniform regions the (bilinear) image equals its mask exactly.
+        inside = _interior(mask)
+        expected = (mask[..., None] == np.arange(4)).astype(np.float32)
+        np.testing.assert_allclose(out_image[inside], expected[inside], atol=1e-5)
+        # Near edges interpolation blends, but the strongest channel still gives the mask
+        # almost everywhere (a shift by one pixel would break about 13% of these pixels).
+        agree = np.mean(np.argmax(out_image, axis=-1) == mask)
+        assert agree > 0.97, agree
+        # And every region sits where its mask says: centroids agree to a fraction of a pixel.
+        for n in range(len(masks)):
+            for label in (1, 2, 3):
+                if (mask[n] == label).sum() > 20:
+                    a = _centroids((out_image[n, ..., label] > 0.5).astype(np.uint8), 1)
+                    b = _centroids(mask[n], label)
+                    assert np.abs(a - b).max() < 0.5, (n, label, a, b)
+
+    @pytest.mark.parametrize("options", GEOMETRIC[:2], ids=lambda o: "+".join(o))
+    def test_flips_and_turns_are_exact(self, options):
+        masks = _blocks()
+        image = masks[..., None].astype(np.float32)
+        out_image, out = augment_batch(np.random.default_rng(3), image, {"m": masks}, **options)
+        np.testing.assert_array_equal(out_image[..., 0], out["m"])
+
+    def test_warp_nearest_and_bilinear_agree_on_identity(self):
+        mask = _blocks(1)[0]
+        matrix, offset = np.eye(2), np.zeros(2)
+        np.testing.assert_array_equal(warp(mask, matrix, offset, order=0), mask)
+        np.testing.assert_allclose(warp(mask.astype(np.float32), matrix, offset, order=1), mask)
+
+    def test_affine_is_about_the_centre(self):
+        # A rotation by 0 with zoom 1 and no shift or crop maps every pixel to itself.
+        matrix, offset = random_affine(np.random.default_rng(0), (9, 9), rotate=0.0)
+        np.testing.assert_allclose(matrix, np.eye(2))
+        np.testing.assert_allclose(offset, 0.0, atol=1e-12)
+
+    @pytest.mark.parametrize("options", [{"brightness": 0.3}, {"contrast": 0.5},
+                                         {"gamma": 0.5}, {"noise": 0.1}],
+                             ids=lambda o: next(iter(o)))
+    def test_photometric_leaves_masks_alone(self, options):
+        masks = _blocks()
+        image = np.random.default_rng(1).random((6, 32, 32, 1)).astype(np.float32)
+        out_image, out = augment_batch(np.random.default_rng(2), image, {"m": masks}, **options)
+        np.testing.assert_array_equal(out["m"], masks)
+        assert not np.allclose(out_image, image)
+        assert out_image.dtype == np.float32
+
+    def test_seeded(self):
+        masks = _blocks()
+        image = masks[..., None].astype(np.float32)
+        everything = {k: (True if isinstance(v, bool) else 0.2) for k, v in OPTIONS.items()}
+        a = augment_batch(np.random.default_rng(5), image, {"m": masks}, **everything)
+        b = augment_batch(np.random.default_rng(5), image, {"m": masks}, **everything)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1]["m"], b[1]["m"])
+
+    def test_inputs_not_modified(self):
+        masks = _blocks()
+        image = masks[..., None].astype(np.float32)
+        before = image.copy(), masks.copy()
+        augment_batch(np.random.default_rng(0), image, {"m": masks}, flip=True, rotate=10.0,
+                      noise=0.1)
+        np.testing.assert_array_equal(image, before[0])
+        np.testing.assert_array_equal(masks, before[1])
+
+    def test_bad_options(self):
+        image = np.zeros((1, 4, 6, 1), np.float32)
+        with pytest.raises(ValueError, match="unknown augmentation option"):
+            augment_batch(np.random.default_rng(0), image, {}, flop=True)
+        with pytest.raises(ValueError, match="rotate90 needs square images"):
+            augment_batch(np.random.default_rng(0), image, {}, rotate90=True)
+
     def test_image_and_masks_stay_aligned(self):
         rng = np.random.default_rng(0)
         mask = rng.integers(0, 4, size=(16, 12, 12)).astype(np.uint8)

@@ -1,91 +1,23 @@
-"""Data: a source's samples, each head's target (given or derived), augmentation, batches."""
+"""Data: a source's samples, each head's target (given or derived), augmentation, batches.
+
+``build_data(recipe)`` reads (and checks) the source, cuts tiles or crops to the recipe's image
+size, and returns the training and validation ``Batches`` with a ``DataReport``: counts,
+skipped files, notes and the class frequencies of every head's target. Data problems raise
+:class:`DataError` naming the file.
+"""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
-import keras
-import numpy as np
+from multiseg.data.errors import DataError
+from multiseg.data.patches import RandomCrops, Stacked, Tiles, make_sets
+from multiseg.data.pipeline import Batches, HeadTarget, StepRange
+from multiseg.data.report import DataReport, class_frequencies, emit, rare_class_warnings
+from multiseg.data.sources import SOURCES, TargetInfo, generate, is_synthetic, source_targets
 
-from multiseg.data.augment import augment_batch
-from multiseg.data.sources import TargetInfo, generate, source_targets
-from multiseg.data.targets import boundary_map, dominant_label
-
-
-@dataclass(frozen=True)
-class HeadTarget:
-    """How one head's target is made from a sample."""
-
-    head: str
-    source: str  # key in the source's arrays
-    derive: str | None  # None | "boundary" | "label"
-    options: dict
-    source_classes: int  # classes of the source array (1 for binary masks)
-
-    def make(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
-        base = arrays[self.source]
-        if self.derive == "boundary":
-            out = boundary_map(base, width=self.options["width"], mode=self.options["mode"])
-        elif self.derive == "label":
-            out = dominant_label(base, classes=self.source_classes)
-        else:
-            out = base
-        # Per-pixel targets get a channel axis to match the head's (N, H, W, C) output.
-        return out[..., None].astype(np.float32) if out.ndim == 3 else out.astype(np.int32)
-
-
-class Batches(keras.utils.PyDataset):
-    """Batches of ``(image, {head: target})`` drawn from in-memory arrays.
-
-    Order and augmentation depend only on (seed, epoch, batch index), so a resumed run sees the
-    same batches as an uninterrupted one.
-    """
-
-    def __init__(self, arrays: dict[str, np.ndarray], head_targets: list[HeadTarget], *,
-                 batch_size: int, shuffle: bool, augment: dict | None, seed: int,
-                 steps: int | None = None):
-        super().__init__()
-        self.arrays = arrays
-        self.head_targets = head_targets
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.augment = augment
-        self.seed = seed
-        self.count = len(arrays["image"])
-        self.steps = steps or math.ceil(self.count / batch_size)
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        if self.shuffle:
-            # Enough shuffled passes to cover every step of the epoch.
-            passes = math.ceil(self.steps * self.batch_size / self.count)
-            rng = np.random.default_rng([self.seed, 1, epoch])
-            self.order = np.concatenate([rng.permutation(self.count) for _ in range(passes)])
-        else:
-            self.order = np.arange(self.count)
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def batch_arrays(self, index: int) -> dict[str, np.ndarray]:
-        """The source arrays of one batch, augmented: image and masks stay aligned."""
-        picked = self.order[index * self.batch_size : (index + 1) * self.batch_size]
-        batch = {k: v[picked] for k, v in self.arrays.items()}
-        if self.augment:
-            rng = np.random.default_rng([self.seed, 2, self.epoch, index])
-            masks = {k: v for k, v in batch.items() if k != "image" and v.ndim == 3}
-            batch["image"], masks = augment_batch(rng, batch["image"], masks, **self.augment)
-            batch.update(masks)
-        return batch
-
-    def __getitem__(self, index: int):
-        batch = self.batch_arrays(index)
-        return batch["image"], {t.head: t.make(batch) for t in self.head_targets}
-
-    def on_epoch_end(self) -> None:
-        self.set_epoch(self.epoch + 1)
+__all__ = ["Batches", "Data", "DataError", "DataReport", "HeadTarget", "StepRange",
+           "TargetInfo", "build_data", "head_targets"]
 
 
 @dataclass
@@ -94,31 +26,151 @@ class Data:
     val: Batches
     targets: dict[str, TargetInfo]  # what the source provides
     channels: int
+    report: DataReport | None = None  # counts, skipped files, notes, class frequencies
 
 
 def head_targets(recipe) -> list[HeadTarget]:
     infos = source_targets(recipe.data.source.kind, recipe.data.source.options)
     return [HeadTarget(head=name, source=h.target.source, derive=h.target.derive,
-                       options=dict(h.target.options), source_classes=infos[h.target.source].classes)
+                       options=dict(h.target.options),
+                       source_classes=infos[h.target.source].classes)
             for name, h in recipe.heads.items()]
 
 
-def build_data(recipe) -> Data:
-    """Generates the recipe's train and validation sets and wraps them in batch sequences."""
+def augment_options(spec) -> dict:
+    """The recipe's ``data.augment`` as keyword arguments of ``augment_batch``."""
+    return asdict(spec)
+
+
+def _bin_names(bins, unit: str) -> tuple[str, ...]:
+    fmt = (lambda v: f"{100 * v:g}%") if unit == "%" else (lambda v: f"{v:g}")
+    edges = [fmt(b) for b in bins]
+    return (f"<{edges[0]}", *(f"{a}-{b}" for a, b in zip(edges, edges[1:], strict=False)),
+            f">={edges[-1]}")
+
+
+def target_names(target: HeadTarget, infos: dict[str, TargetInfo]) -> tuple[str, ...]:
+    """Class names of a head's target, in index order (binary maps: two names)."""
+    info = infos[target.source]
+    names = info.names or tuple(str(i) for i in range(max(2, info.classes)))
+    if target.derive == "boundary":
+        return ("background", "boundary")
+    if target.derive == "label":
+        mode = target.options.get("mode", "dominant")
+        if mode == "count":
+            return _bin_names(target.options["bins"], "")
+        if mode == "coverage":
+            return _bin_names(target.options["bins"], "%")
+        if info.classes == 1:
+            return (f"no {names[-1]}", names[-1])
+        return tuple(names[1:])
+    if info.kind == "mask" and info.classes == 1 and len(names) == 1:
+        return ("background", names[0])
+    return tuple(names)
+
+
+def _multi_hot(target: HeadTarget) -> bool:
+    return (target.derive == "label" and target.options.get("mode") == "presence"
+            and target.source_classes > 1)
+
+
+def _check_multilabel(recipe, targets: list[HeadTarget]) -> None:
+    from multiseg.recipe import RecipeError
+
+    for target in targets:
+        if not _multi_hot(target):
+            continue
+        head = recipe.heads[target.head]
+        for i, term in enumerate(head.loss):
+            if not term.options.get("multilabel", False):
+                raise RecipeError(f"heads.{target.head}.loss[{i}]", "a presence target is"
+                                  " multi-hot (one 0/1 per class): set multilabel: true on"
+                                  " every loss term and metric of this head")
+        for i, metric in enumerate(head.metrics):
+            if "multilabel" in _metric_options(metric.name) and not metric.options.get(
+                    "multilabel", False):
+                raise RecipeError(f"heads.{target.head}.metrics[{i}]", "a presence target is"
+                                  " multi-hot: set multilabel: true on this metric")
+
+
+def _metric_options(name: str) -> dict:
+    from multiseg.metrics import metric_options
+
+    return metric_options(name)
+
+
+def _channels(samples) -> int:
+    if isinstance(samples, Stacked):
+        return int(samples.arrays["image"].shape[-1])
+    return int(samples.items[0].image.shape[-1])
+
+
+def build_data(recipe, *, frequencies: bool = True) -> Data:
+    """Reads the recipe's data (a validation pass over every file), and wraps the training and
+    validation sets in batch sequences.
+
+    Args:
+        recipe: a validated ``multiseg.recipe.Recipe``.
+        frequencies: compute the class frequencies of every head's target (and warn about
+            rare classes) for the report.
+
+    Raises:
+        DataError: a bad file (unless ``bad_files: skip``), or no usable data, naming it.
+        RecipeError: a head whose target needs options the recipe lacks.
+    """
     spec = recipe.data
     kind, options = spec.source.kind, dict(spec.source.options)
-    train = generate(kind, options, count=spec.train, size=spec.image_size, seed=recipe.seed,
-                     split="train")
-    val = generate(kind, options, count=spec.val, size=spec.image_size, seed=recipe.seed,
-                   split="val")
+    infos = source_targets(kind, options)
     targets = head_targets(recipe)
-    augment = {"flip": spec.augment.flip, "rotate90": spec.augment.rotate90}
+    _check_multilabel(recipe, targets)
+    augment = augment_options(spec.augment)
     batch_size = recipe.train.batch_size
-    return Data(
-        train=Batches(train, targets, batch_size=batch_size, shuffle=True, augment=augment,
-                      seed=recipe.seed, steps=recipe.train.steps_per_epoch),
-        val=Batches(val, targets, batch_size=batch_size, shuffle=False, augment=None,
-                    seed=recipe.seed),
-        targets=source_targets(kind, options),
-        channels=int(train["image"].shape[-1]),
-    )
+    notes: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    images = (0, 0)
+    held_out = False
+    if is_synthetic(kind):
+        train_set = Stacked(generate(kind, options, count=spec.train, size=spec.image_size,
+                                     seed=recipe.seed, split="train"))
+        val_set = Stacked(generate(kind, options, count=spec.val, size=spec.image_size,
+                                   seed=recipe.seed, split="val"))
+        train_count, val_count = None, None
+        where = kind
+    else:
+        loaded = SOURCES[kind].load(options, seed=recipe.seed)
+        train_set, val_set, patch_notes = make_sets(loaded, spec.image_size, mode=spec.patches,
+                                                    overlap=spec.tile_overlap, seed=recipe.seed)
+        notes = loaded.notes + patch_notes
+        skipped = loaded.skipped
+        images = (len(loaded.train), len(loaded.val))
+        held_out = bool(loaded.holdout)
+        train_count = spec.train
+        val_count = min(spec.val, len(val_set)) if spec.val else None
+        if spec.val and spec.val > len(val_set):
+            notes.append(f"data.val is {spec.val} but the validation split has {len(val_set)}"
+                         f" samples: using {len(val_set)}")
+        where = f"{kind} {options.get('path')}"
+    train = Batches(train_set, targets, batch_size=batch_size, shuffle=True, augment=augment,
+                    seed=recipe.seed, steps=recipe.train.steps_per_epoch, count=train_count)
+    val = Batches(val_set, targets, batch_size=batch_size, shuffle=False, augment=None,
+                  seed=recipe.seed, count=val_count)
+    channels = _channels(train_set)
+    if isinstance(train_set, RandomCrops):
+        notes.append(f"training samples are random {spec.image_size[0]}x{spec.image_size[1]}"
+                     f" crops, {train.count} per epoch; validation uses fixed tiles")
+    elif isinstance(train_set, Tiles) and not is_synthetic(kind):
+        notes.append(f"training samples are {len(train_set)} tiles of"
+                     f" {spec.image_size[0]}x{spec.image_size[1]}")
+    report = DataReport(source=where, train=train.count, val=val.count, size=spec.image_size,
+                        channels=channels, images=images, notes=notes, skipped=skipped,
+                        held_out_tiles=held_out)
+    if frequencies:
+        kinds = {t.head: ("multilabel" if _multi_hot(t) else
+                          "label" if recipe.heads[t.head].kind == "classification" else "mask")
+                 for t in targets}
+        names = {t.head: target_names(t, infos) for t in targets}
+        report.frequencies = class_frequencies(train, kinds, names)
+        report.warnings = rare_class_warnings(report.frequencies, recipe.heads)
+    emit(report)
+    return Data(train=train, val=val, targets=infos, channels=channels, report=report)
+

@@ -1,6 +1,14 @@
-"""Built-in synthetic data sources: deterministic by seed, generated in memory, no download.
+"""Data sources: the registry ``SOURCES``, and the built-in synthetic sources.
 
-Each source draws sample ``i`` of a split from its own random stream
+Two families share one interface for recipe validation (``OPTIONS`` with defaults,
+``OPTION_TYPES`` for options whose default is None, ``check_options``, ``targets``):
+
+- synthetic sources (``shapes``, ``cells``, ``cardiac``): deterministic by seed, generated in
+  memory at the recipe's image size, no download; they have ``sample``.
+- file sources (``folder``, ``arrays``, in ``multiseg.data.files``): the user's images and
+  masks, read and checked once; they have ``load``.
+
+Each synthetic source draws sample ``i`` of a split from its own random stream
 (``default_rng([seed, split, i])``), so a sample does not change when the set grows or when a
 run resumes. A source returns plain NumPy arrays:
 
@@ -11,19 +19,17 @@ run resumes. A source returns plain NumPy arrays:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from multiseg.data.files import Arrays, Folder
+from multiseg.data.samples import TargetInfo
+
+__all__ = ["SOURCES", "TargetInfo", "generate", "is_synthetic", "option_types", "source_options",
+           "source_targets"]
+
 SPLITS = {"train": 0, "val": 1, "test": 2}
-
-
-@dataclass(frozen=True)
-class TargetInfo:
-    kind: str  # "mask" (per pixel) or "label" (per image)
-    classes: int  # 1 for a binary mask
-    names: tuple[str, ...] = ()  # class names, for logs and summaries
 
 
 def _grid(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -219,7 +225,21 @@ class Cardiac:
                 "label": np.int32(level)}
 
 
-SOURCES = {"shapes": Shapes, "cells": Cells, "cardiac": Cardiac}
+SOURCES = {"shapes": Shapes, "cells": Cells, "cardiac": Cardiac, "folder": Folder,
+           "arrays": Arrays}
+
+
+def is_synthetic(kind: str) -> bool:
+    """Generated in memory (sample counts come from the recipe), not read from files."""
+    return hasattr(SOURCES[kind], "sample")
+
+
+def option_types(kind: str, key: str) -> tuple[type, ...]:
+    """The types a recipe value of a source option may have."""
+    default = SOURCES[kind].OPTIONS[key]
+    if default is not None:
+        return (type(default),)
+    return getattr(SOURCES[kind], "OPTION_TYPES", {}).get(key, (int, float, str))
 
 
 def source_options(kind: str) -> dict[str, Any]:

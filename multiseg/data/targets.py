@@ -1,11 +1,19 @@
-"""Targets derived from masks: boundary maps and image-level labels.
+"""Targets derived from masks: boundary maps, image-level labels and distance maps.
 
-They are computed on batches after augmentation, so they always match the augmented mask.
+They are computed on batches after augmentation, so they always match the augmented mask. A
+"mask" here is (N, H, W) integers: class indices, or instance ids (0 background, each object
+its own id), which makes boundaries instance-aware: two touching objects of the same class are
+separated by their boundary, which a semantic mask cannot express.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+
+BOUNDARY_MODES = ("thick", "inner", "outer", "touching")
+LABEL_MODES = ("dominant", "presence", "count", "coverage")
 
 
 def _window_extreme(mask: np.ndarray, radius: int, reduce) -> np.ndarray:
@@ -21,22 +29,37 @@ def boundary_map(mask: np.ndarray, *, width: int = 1, mode: str = "thick") -> np
     """Pixels within ``width`` of a change of label.
 
     Args:
-        mask: (N, H, W) integer labels.
+        mask: (N, H, W) integer labels, or instance ids for instance-aware boundaries.
         width: half-thickness in pixels: a pixel is on the boundary when a pixel of another
             label lies within its (2*width+1)^2 window.
-        mode: ``thick`` (both sides of the edge), ``inner`` (foreground side only) or
-            ``outer`` (background side only).
+        mode: ``thick`` (both sides of the edge), ``inner`` (foreground side only),
+            ``outer`` (background side only) or ``touching`` (foreground pixels next to
+            *another foreground* label: the lines between touching objects or classes).
 
     Returns:
         (N, H, W) uint8 map of 0 and 1.
+
+    Raises:
+        ValueError: unknown mode.
+
+    Example:
+        >>> boundary_map(instance_ids, width=1, mode="inner")  # each object's own contour
     """
-    changes = _window_extreme(mask, width, np.maximum) != _window_extreme(mask, width, np.minimum)
+    if mode not in BOUNDARY_MODES:
+        raise ValueError(f"boundary mode must be thick, inner, outer or touching, got '{mode}'")
+    high = _window_extreme(mask, width, np.maximum)
+    if mode == "touching":
+        # Another foreground label nearby: a larger one (max) or a smaller non-zero one (min
+        # over the window with background lifted above every label).
+        lifted = mask.astype(np.int64)
+        lifted[mask == 0] = np.iinfo(np.int64).max
+        low_fg = _window_extreme(lifted, width, np.minimum)
+        return ((mask > 0) & ((high > mask) | (low_fg < mask))).astype(np.uint8)
+    changes = high != _window_extreme(mask, width, np.minimum)
     if mode == "inner":
         changes &= mask > 0
     elif mode == "outer":
         changes &= mask == 0
-    elif mode != "thick":
-        raise ValueError(f"boundary mode must be thick, inner or outer, got '{mode}'")
     return changes.astype(np.uint8)
 
 
@@ -52,3 +75,72 @@ def dominant_label(mask: np.ndarray, *, classes: int) -> np.ndarray:
         return (flat.max(axis=1) > 0).astype(np.int32)
     counts = np.stack([(flat == c).sum(axis=1) for c in range(1, classes)], axis=1)
     return np.argmax(counts, axis=1).astype(np.int32)
+
+
+def presence_labels(mask: np.ndarray, *, classes: int) -> np.ndarray:
+    """Multi-label image target: which foreground classes appear at all.
+
+    Returns (N, classes - 1) int32 multi-hot for a multi-class mask (channel k is class k + 1);
+    for a binary mask (``classes`` == 1) the (N,) 0/1 label "any foreground", as
+    ``dominant_label``.
+    """
+    flat = mask.reshape(mask.shape[0], -1)
+    if classes == 1:
+        return (flat.max(axis=1) > 0).astype(np.int32)
+    return np.stack([(flat == c).any(axis=1) for c in range(1, classes)], axis=1).astype(np.int32)
+
+
+def object_counts(instances: np.ndarray) -> np.ndarray:
+    """Number of distinct objects (non-zero ids, partly visible ones included) per sample."""
+    return np.array([np.unique(m[m > 0]).size for m in instances], np.int64)
+
+
+def binned(values: np.ndarray, bins: Sequence[float]) -> np.ndarray:
+    """Class k for ``bins[k-1] <= value < bins[k]``: ``len(bins) + 1`` classes."""
+    return np.digitize(values, np.asarray(bins, np.float64), right=False).astype(np.int32)
+
+
+def count_label(instances: np.ndarray, *, bins: Sequence[float]) -> np.ndarray:
+    """Image label from the number of objects: e.g. bins [5, 15] gives 0 (< 5 objects),
+    1 (5 to 14) and 2 (15 or more). Needs instance ids."""
+    return binned(object_counts(instances), bins)
+
+
+def coverage_label(mask: np.ndarray, *, bins: Sequence[float]) -> np.ndarray:
+    """Image label from the foreground fraction: bins [0.1, 0.3] gives 0 (< 10 % of pixels),
+    1 (10 % to 30 %) and 2 (30 % or more)."""
+    fraction = (mask.reshape(mask.shape[0], -1) > 0).mean(axis=1)
+    return binned(fraction, bins)
+
+
+def distance_map(mask: np.ndarray, *, clip: int = 16) -> np.ndarray:
+    """Euclidean distance in pixels from every pixel to the nearest boundary pixel.
+
+    Boundary pixels (``boundary_map(mask, width=1)``: a different label among their 8
+    neighbours) have distance 0; distances are exact up to ``clip`` and ``clip`` beyond it. A
+    mask without any boundary is ``clip`` everywhere. Used to weight boundary losses by
+    distance (errors far from any edge cost more or less).
+
+    Args:
+        mask: (N, H, W) class indices or instance ids.
+        clip: the largest distance computed, >= 1.
+
+    Returns:
+        (N, H, W) float32 in [0, clip].
+    """
+    if clip < 1:
+        raise ValueError(f"clip must be >= 1, got {clip}")
+    edge = boundary_map(mask, width=1, mode="thick").astype(bool)
+    n, h, w = edge.shape
+    x = np.arange(w)
+    big = clip + 1
+    # Distance along each row to the nearest boundary pixel, left and right sweeps.
+    left = np.maximum.accumulate(np.where(edge, x, -10 * big), axis=2)
+    right = np.minimum.accumulate(np.where(edge, x, w + 10 * big)[:, :, ::-1], axis=2)[:, :, ::-1]
+    row = np.minimum(np.minimum(x - left, right - x), big).astype(np.float32)
+    best = row**2
+    padded = np.pad(row**2, ((0, 0), (clip, clip), (0, 0)), constant_values=big**2)
+    for dy in range(-clip, clip + 1):
+        if dy:
+            best = np.minimum(best, padded[:, clip + dy : clip + dy + h] + dy * dy)
+    return np.minimum(np.sqrt(best), clip).astype(np.float32)
