@@ -18,7 +18,7 @@ import keras  # noqa: E402
 
 from multiseg import recipe as recipe_lib  # noqa: E402
 from multiseg.callbacks import HeadLogs, latest_checkpoint  # noqa: E402
-from multiseg.data import build_data  # noqa: E402
+from multiseg.data import DataError, build_data  # noqa: E402
 from multiseg.models.build import build_model, compile_model  # noqa: E402
 from multiseg.train import format_metrics, nest_logs  # noqa: E402
 
@@ -33,7 +33,7 @@ def load_run(run_dir: str, *, checkpoint: bool = False):
     if not os.path.isfile(recipe_path):
         raise RunNotFound(f"{run_dir}: no recipe.yaml here; is this a multiseg run directory?")
     recipe = recipe_lib.load(recipe_path)
-    data = build_data(recipe)
+    data = build_data(recipe, frequencies=False, log_report=False)
     model = build_model(recipe, channels=data.channels)
     compile_model(model, recipe)
     model_path = os.path.join(run_dir, "model.keras")
@@ -52,7 +52,7 @@ def load_run(run_dir: str, *, checkpoint: bool = False):
 def evaluate(run_dir: str, *, split: str = "val", checkpoint: bool = False) -> dict:
     recipe, data, model = load_run(run_dir, checkpoint=checkpoint)
     batches = data.val if split == "val" else data.train
-    logs = model.evaluate(batches, verbose=0, return_dict=True)
+    logs = model.evaluate(batches.dataset(), verbose=0, return_dict=True)
     HeadLogs({n: h.loss_weight for n, h in recipe.heads.items()})._add(logs)
     return nest_logs(logs, recipe.heads)
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         figures = evaluate(args.run_dir, split=args.split, checkpoint=args.checkpoint)
-    except (RunNotFound, recipe_lib.RecipeError) as exc:
+    except (RunNotFound, recipe_lib.RecipeError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_metrics(figures, f"{args.split} ({args.run_dir})"))

@@ -36,7 +36,7 @@ from multiseg.callbacks import (  # noqa: E402
     split_log_key,
     write_json_atomic,
 )
-from multiseg.data import build_data  # noqa: E402
+from multiseg.data import DataError, build_data  # noqa: E402
 from multiseg.models.build import (  # noqa: E402
     build_model,
     compile_model,
@@ -44,33 +44,6 @@ from multiseg.models.build import (  # noqa: E402
     loss_terms,
     parameter_counts,
 )
-
-
-class GlobalSteps(keras.utils.PyDataset):
-    """Training batches addressed by global step: batch ``g`` is batch ``g % steps`` of epoch
-    ``g // steps``, whatever order or look-ahead Keras fetches them in.
-
-    Keras's own PyDataset handling shuffles batch indices and prefetches across epoch ends, so
-    an epoch counter advanced by ``on_epoch_end`` can be out of step with the batches being
-    fetched. Addressing by global step keeps the data a pure function of (seed, epoch, index),
-    which is what makes a resumed run see exactly the batches of an uninterrupted one.
-    """
-
-    def __init__(self, batches, *, start: int, stop: int):
-        super().__init__()
-        self.batches = batches
-        self.steps = len(batches)
-        self.start = start
-        self.stop = stop
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    def __getitem__(self, index: int):
-        epoch, step = divmod(self.start + index, self.steps)
-        if self.batches.epoch != epoch:
-            self.batches.set_epoch(epoch)
-        return self.batches[step]
 
 
 class RunDirError(RuntimeError):
@@ -129,9 +102,11 @@ def describe(recipe, model: keras.Model, data, recipe_path: str | None = None) -
     lines = [
         f"multiseg: {recipe.name}" + (f" ({recipe_path})" if recipe_path else "")
         + f" -> {recipe.output}",
-        f"data: {d.source.kind}, {d.train} train / {d.val} val, {d.image_size[0]}x"
-        f"{d.image_size[1]}x{data.channels}, batch {recipe.train.batch_size}, "
-        f"{len(data.train)} steps/epoch, {recipe.train.epochs} epochs",
+        data.report.text() if data.report else
+        f"data: {d.source.kind}, {data.train.count} train / {data.val.count} val samples of"
+        f" {d.image_size[0]}x{d.image_size[1]}x{data.channels}",
+        f"training: batch {recipe.train.batch_size}, {len(data.train)} steps/epoch,"
+        f" {recipe.train.epochs} epochs",
         f"trunk: unet {list(recipe.model.filters)}, norm {recipe.model.norm}, "
         f"{counts['shared']:,} params (shared)",
         "heads:",
@@ -182,7 +157,8 @@ def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
     """Trains ``recipe`` into its run directory, resuming from its last checkpoint if any."""
     run_dir = prepare_run_dir(recipe, fresh=fresh)
     _seed_everything(recipe)
-    data = build_data(recipe)
+    # When the summary is printed, the report is part of it; otherwise it goes to the log.
+    data = build_data(recipe, log_report=not verbose)
     _check_first_batch(recipe, data)
     model = build_model(recipe, channels=data.channels)
     steps = len(data.train)
@@ -212,6 +188,9 @@ def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
     callbacks = [HeadLogs(weights), tensorboard, nonfinite, interrupt, checkpoint,
                  *gradflow_callbacks(recipe, data, os.path.join(run_dir, "logs")),
                  *extra_callbacks]
+    if data.report is not None:
+        _record_data_report(data.report, run_dir, tensorboard)
+    validation = data.val.dataset()
     started = time.time()
     history = None
     epochs = recipe.train.epochs
@@ -222,18 +201,16 @@ def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
             # Finish the epoch that an interrupt cut short, from the step after the checkpoint.
             interrupt.epoch, interrupt.start_step = initial_epoch, initial_step
             start = initial_epoch * steps + initial_step
-            history = model.fit(GlobalSteps(data.train, start=start,
-                                            stop=(initial_epoch + 1) * steps),
+            history = model.fit(data.train.dataset(start, (initial_epoch + 1) * steps),
                                 steps_per_epoch=steps - initial_step, shuffle=False,
-                                validation_data=data.val, epochs=initial_epoch + 1,
+                                validation_data=validation, epochs=initial_epoch + 1,
                                 initial_epoch=initial_epoch, callbacks=callbacks,
                                 verbose=verbose)
             initial_epoch += 1
         if initial_epoch < epochs and not (interrupt.requested or nonfinite.failure):
             interrupt.start_step = 0
-            history = model.fit(GlobalSteps(data.train, start=initial_epoch * steps,
-                                            stop=epochs * steps),
-                                steps_per_epoch=steps, shuffle=False, validation_data=data.val,
+            history = model.fit(data.train.dataset(initial_epoch * steps, epochs * steps),
+                                steps_per_epoch=steps, shuffle=False, validation_data=validation,
                                 epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks,
                                 verbose=verbose)
     finally:
@@ -251,7 +228,7 @@ def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
     if history is not None and history.history:
         train_logs = {k: v[-1] for k, v in history.history.items() if not k.startswith("val_")}
         HeadLogs(weights)._add(train_logs)
-    val_logs = model.evaluate(data.val, verbose=0, return_dict=True)
+    val_logs = model.evaluate(validation, verbose=0, return_dict=True)
     HeadLogs(weights)._add(val_logs)
     metrics = {
         "recipe": recipe.name,
@@ -272,6 +249,15 @@ def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
               flush=True)
     return TrainResult(model=model, run_dir=run_dir, metrics=metrics,
                        epochs_run=epochs - resumed_from)
+
+
+def _record_data_report(report, run_dir: str, tensorboard: TensorBoardLogs) -> None:
+    text = report.text()
+    with open(os.path.join(run_dir, "data_report.txt"), "w", encoding="utf-8") as handle:
+        handle.write(text + "\n")
+    # Markdown: indented lines keep the report's layout in TensorBoard's text tab.
+    tensorboard.writer("train").text("data/report", "\n".join("    " + line for line in
+                                                               text.splitlines()), 0)
 
 
 def gradflow_callbacks(recipe, data, logdir: str) -> list:
@@ -331,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             recipe = dataclasses.replace(recipe, output=args.output)
         train(recipe, fresh=args.fresh, verbose=0 if args.quiet else "auto",
               recipe_path=args.recipe)
-    except (recipe_lib.RecipeError, RunDirError, CheckpointWriteError) as exc:
+    except (recipe_lib.RecipeError, DataError, RunDirError, CheckpointWriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except NonFiniteLoss as exc:

@@ -105,7 +105,7 @@ def _channels(samples) -> int:
     return int(samples.items[0].image.shape[-1])
 
 
-def build_data(recipe, *, frequencies: bool = True) -> Data:
+def build_data(recipe, *, frequencies: bool = True, log_report: bool = True) -> Data:
     """Reads the recipe's data (a validation pass over every file), and wraps the training and
     validation sets in batch sequences.
 
@@ -113,6 +113,8 @@ def build_data(recipe, *, frequencies: bool = True) -> Data:
         recipe: a validated ``multiseg.recipe.Recipe``.
         frequencies: compute the class frequencies of every head's target (and warn about
             rare classes) for the report.
+        log_report: log the report (``multiseg.data`` logger; warnings reach stderr). Off
+            when the caller prints ``Data.report.text()`` itself.
 
     Raises:
         DataError: a bad file (unless ``bad_files: skip``), or no usable data, naming it.
@@ -171,6 +173,7 @@ def build_data(recipe, *, frequencies: bool = True) -> Data:
         names = {t.head: target_names(t, infos) for t in targets}
         report.frequencies = class_frequencies(train, kinds, names)
         report.warnings = rare_class_warnings(report.frequencies, recipe.heads)
-    emit(report)
+    if log_report:
+        emit(report)
     return Data(train=train, val=val, targets=infos, channels=channels, report=report)
 
