@@ -222,7 +222,8 @@ class AtomicCheckpoint(keras.callbacks.Callback):
             raise CheckpointWriteError(f"cannot write checkpoint {final}:"
                                        f" {exc.strerror or exc}") from None
         write_json_atomic(os.path.join(self.directory, "state.json"),
-                          {"epoch": completed_epochs, "step": step, "weights": name})
+                          {"epoch": completed_epochs, "step": step, "weights": name,
+                           "rng": rng_state(self.model)})
         self.last_saved = (completed_epochs, step, final)
         self._prune(keep_name=name)
         return final
@@ -241,6 +242,34 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         if self.hold_epoch:
             return
         self.save(epoch + 1)
+
+
+def _seed_states(model: keras.Model) -> list:
+    return [v for v in model.non_trainable_variables if "seed_generator_state" in v.path]
+
+
+def rng_state(model: keras.Model) -> list[list[int]]:
+    """The states of the model's random generators (dropout...), which weight files leave out,
+    in model order (their variable names depend on how many models the process has built)."""
+    return [np.asarray(v).tolist() for v in _seed_states(model)]
+
+
+def restore_rng_state(model: keras.Model, directory: str, weights_path: str) -> bool:
+    """Restores the generator states saved with ``weights_path``; False if none were saved
+    (an older checkpoint, or ``state.json`` lost: generators then restart from the seed)."""
+    try:
+        with open(os.path.join(directory, "state.json"), encoding="utf-8") as handle:
+            state = json.load(handle)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(state, dict) or state.get("weights") != os.path.basename(weights_path):
+        return False
+    saved, variables = state.get("rng"), _seed_states(model)
+    if not isinstance(saved, list) or len(saved) != len(variables):
+        return False
+    for variable, value in zip(variables, saved, strict=True):
+        variable.assign(np.asarray(value, dtype=variable.dtype))
+    return True
 
 
 def latest_checkpoint(directory: str) -> tuple[int, int, str] | None:

@@ -33,6 +33,7 @@ from multiseg.callbacks import (  # noqa: E402
     TensorBoardLogs,
     TrainingInterrupted,
     latest_checkpoint,
+    restore_rng_state,
     split_log_key,
     write_json_atomic,
 )
@@ -173,6 +174,7 @@ def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
         initial_epoch, initial_step, path = found
         model.optimizer.build(model.trainable_variables)
         model.load_weights(path)
+        restore_rng_state(model, checkpoint_dir, path)
         if verbose:
             at = f"epoch {initial_epoch}" + (f", step {initial_step}" if initial_step else "")
             print(f"resuming from {path} ({at})", flush=True)

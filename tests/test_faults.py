@@ -69,6 +69,7 @@ def _run(tmp_path, recipe_path, fault="none", epoch=0, batch=0):
 @pytest.fixture
 def fault_recipe(tmp_path, tiny_raw):
     tiny_raw["train"].update(epochs=3, deterministic=True)
+    tiny_raw["model"]["dropout"] = 0.3  # the dropout RNG must resume too
     tiny_raw["data"]["train"] = 24  # 3 steps per epoch
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(tiny_raw, sort_keys=False))
@@ -92,7 +93,10 @@ class TestKillAndResume:
         # 1. SIGKILL in the middle of the second epoch: epoch 1 is the last checkpoint.
         proc = _run(tmp_path, path, "kill", epoch=1, batch=1)
         assert proc.returncode == -9, proc.stderr[-2000:]
-        assert _state(run_dir) == {"epoch": 1, "step": 0, "weights": "epoch-0001.weights.h5"}
+        state = _state(run_dir)
+        assert {k: state[k] for k in ("epoch", "step", "weights")} == {
+            "epoch": 1, "step": 0, "weights": "epoch-0001.weights.h5"}
+        assert state["rng"], "the dropout generator state is saved with the weights"
         assert not os.path.exists(os.path.join(run_dir, "metrics.json"))
         # 2. Resumed, then SIGKILL while the epoch-3 checkpoint is being written.
         proc = _run(tmp_path, path, "kill-in-checkpoint", epoch=3)
@@ -123,11 +127,21 @@ class TestKillAndResume:
         assert proc.returncode == 130, proc.stderr[-2000:]
         assert "run the same command to resume" in proc.stderr
         # The signal arrives after the guard's check of step 1, so step 2 is the last one run.
-        assert _state(raw["output"]) == {"epoch": 1, "step": 2,
-                                         "weights": "epoch-0001-step-000002.weights.h5"}
+        state = _state(raw["output"])
+        assert (state["epoch"], state["step"], state["weights"]) == (
+            1, 2, "epoch-0001-step-000002.weights.h5")
         proc = _run(tmp_path, path)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert _state(raw["output"])["epoch"] == 3
+        resumed = _val(raw["output"])
+        raw["output"] = str(tmp_path / "straight")
+        straight_path = tmp_path / "straight.yaml"
+        straight_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        assert _run(tmp_path, straight_path).returncode == 0
+        straight = _val(raw["output"])
+        # Resumed mid-epoch: the same batches from the next step, the same dropout masks.
+        for head in ("mask", "boundary", "shape"):
+            assert resumed[head]["loss"] == pytest.approx(straight[head]["loss"], rel=1e-4)
 
 
 class _PoisonHead(keras.callbacks.Callback):
