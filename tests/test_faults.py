@@ -86,6 +86,21 @@ def _val(run_dir):
         return json.load(handle)["val"]
 
 
+def _assert_matches_uninterrupted_run(tmp_path, raw, resumed) -> None:
+    """Trains the same recipe without interruption in its own directory and compares.
+
+    Same batches (a function of seed, epoch and step), same restored weights, optimizer and
+    dropout generator state, op determinism on: the results agree to float32 round-off.
+    """
+    raw = {**raw, "output": str(tmp_path / "straight")}
+    straight_path = tmp_path / "straight.yaml"
+    straight_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert _run(tmp_path, straight_path).returncode == 0
+    straight = _val(raw["output"])
+    for head in ("mask", "boundary", "shape"):
+        assert resumed[head]["loss"] == pytest.approx(straight[head]["loss"], rel=1e-4)
+
+
 class TestKillAndResume:
     def test_killed_runs_resume_and_match_an_uninterrupted_run(self, tmp_path, fault_recipe):
         path, raw = fault_recipe
@@ -108,18 +123,7 @@ class TestKillAndResume:
         assert _state(run_dir)["epoch"] == 3
         files = os.listdir(os.path.join(run_dir, "checkpoints"))
         assert not [f for f in files if "tmp" in f], files
-        resumed = _val(run_dir)
-
-        # The same recipe without interruption, in its own directory.
-        raw["output"] = str(tmp_path / "straight")
-        straight_path = tmp_path / "straight.yaml"
-        straight_path.write_text(yaml.safe_dump(raw, sort_keys=False))
-        assert _run(tmp_path, straight_path).returncode == 0
-        straight = _val(raw["output"])
-        # Same batches, same restored weights and optimizer state, op determinism on: the
-        # results agree to float32 round-off.
-        for head in ("mask", "boundary", "shape"):
-            assert resumed[head]["loss"] == pytest.approx(straight[head]["loss"], rel=1e-4)
+        _assert_matches_uninterrupted_run(tmp_path, raw, _val(run_dir))
 
     def test_interrupt_checkpoints_the_step_and_resumes_mid_epoch(self, tmp_path, fault_recipe):
         path, raw = fault_recipe
@@ -133,15 +137,7 @@ class TestKillAndResume:
         proc = _run(tmp_path, path)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert _state(raw["output"])["epoch"] == 3
-        resumed = _val(raw["output"])
-        raw["output"] = str(tmp_path / "straight")
-        straight_path = tmp_path / "straight.yaml"
-        straight_path.write_text(yaml.safe_dump(raw, sort_keys=False))
-        assert _run(tmp_path, straight_path).returncode == 0
-        straight = _val(raw["output"])
-        # Resumed mid-epoch: the same batches from the next step, the same dropout masks.
-        for head in ("mask", "boundary", "shape"):
-            assert resumed[head]["loss"] == pytest.approx(straight[head]["loss"], rel=1e-4)
+        _assert_matches_uninterrupted_run(tmp_path, raw, _val(raw["output"]))
 
 
 class _PoisonHead(keras.callbacks.Callback):

@@ -32,6 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from timers import StepTimer  # noqa: E402  (tools/bench/timers.py)
 
 from multiseg import recipe as recipe_lib  # noqa: E402
 from multiseg.data import build_data  # noqa: E402
@@ -39,18 +40,6 @@ from multiseg.gradflow import GradflowLogger  # noqa: E402
 from multiseg.gradients import GradientProbe, summarise  # noqa: E402
 from multiseg.models.build import build_model, compile_model, head_losses  # noqa: E402
 from multiseg.train import train  # noqa: E402
-
-
-class StepTimer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.times: list[float] = []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.times.append(time.perf_counter() - self.start)
 
 
 def _median_time(fn, repeats: int) -> float:

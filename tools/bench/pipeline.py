@@ -24,6 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from timers import EpochTimer  # noqa: E402  (tools/bench/timers.py)
 
 from multiseg import recipe as recipe_lib  # noqa: E402
 from multiseg.data import build_data  # noqa: E402
@@ -55,17 +56,6 @@ def pipeline_rate(data, steps: int, pipeline: str) -> float:
         adapter.on_epoch_end()
     return images / (time.perf_counter() - start)
 
-
-class EpochTimer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.times: list[float] = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.times.append(time.perf_counter() - self.start)
 
 
 def training_rate(recipe, data, epochs: int) -> float:

@@ -15,29 +15,17 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from timers import EpochTimer  # noqa: E402  (tools/bench/timers.py)
 
 from multiseg import recipe as recipe_lib  # noqa: E402
 from multiseg.data import build_data  # noqa: E402
 from multiseg.models.build import build_model, head_losses  # noqa: E402
 from multiseg.train import train  # noqa: E402
-
-
-class EpochTimer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.times: list[float] = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.times.append(time.perf_counter() - self.start)
 
 
 def baseline(recipe, epochs: int) -> list[float]:
