@@ -13,6 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
+import warnings  # noqa: E402
 
 import keras  # noqa: E402
 
@@ -27,6 +28,40 @@ class RunNotFound(ValueError):
     """The directory holds no run that can be evaluated."""
 
 
+class WeightsMismatch(RunNotFound):
+    """The run's saved weights do not fit the model built for the data at hand."""
+
+
+def load_run_model(run_dir: str, recipe, *, channels: int, checkpoint: bool = False):
+    """The run's compiled model with its trained weights: ``model.keras``, or the latest
+    checkpoint when asked or when the run has not finished."""
+    model = build_model(recipe, channels=channels)
+    compile_model(model, recipe)
+    model_path = os.path.join(run_dir, "model.keras")
+    if checkpoint or not os.path.isfile(model_path):
+        found = latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+        if found is None:
+            raise RunNotFound(f"{run_dir}: neither model.keras nor a checkpoint to use")
+        model.optimizer.build(model.trainable_variables)
+        load = lambda: model.load_weights(found[2])  # noqa: E731
+    else:
+        # Same architecture, same layer names: the weights load into the fresh model.
+        load = lambda: model.set_weights(  # noqa: E731
+            keras.saving.load_model(model_path, compile=False).get_weights())
+    try:
+        # Keras warns about every layer it could not fill before it gives up on a mismatch:
+        # noise beside the error; kept when the load succeeds.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            load()
+    except ValueError as exc:
+        raise WeightsMismatch(f"{run_dir}: its weights do not fit the model the recipe builds for"
+                          f" {channels}-channel images ({exc})") from None
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return model
+
+
 def load_run(run_dir: str, *, checkpoint: bool = False):
     """(recipe, data, compiled model with the run's weights) of a run directory."""
     recipe_path = os.path.join(run_dir, "recipe.yaml")
@@ -34,18 +69,7 @@ def load_run(run_dir: str, *, checkpoint: bool = False):
         raise RunNotFound(f"{run_dir}: no recipe.yaml here; is this a multiseg run directory?")
     recipe = recipe_lib.load(recipe_path)
     data = build_data(recipe, frequencies=False, log_report=False)
-    model = build_model(recipe, channels=data.channels)
-    compile_model(model, recipe)
-    model_path = os.path.join(run_dir, "model.keras")
-    if checkpoint or not os.path.isfile(model_path):
-        found = latest_checkpoint(os.path.join(run_dir, "checkpoints"))
-        if found is None:
-            raise RunNotFound(f"{run_dir}: neither model.keras nor a checkpoint to evaluate")
-        model.optimizer.build(model.trainable_variables)
-        model.load_weights(found[2])
-    else:
-        # Same architecture, same layer names: the weights load into the fresh model.
-        model.set_weights(keras.saving.load_model(model_path, compile=False).get_weights())
+    model = load_run_model(run_dir, recipe, channels=data.channels, checkpoint=checkpoint)
     return recipe, data, model
 
 

@@ -1,0 +1,253 @@
+"""Predict with a trained run: ``python -m multiseg.predict RUN_DIR IMAGE|FOLDER ... --out DIR``.
+
+Each image is read and normalised as the run's recipe reads its training images, passed through
+the model whole (the trunk pads any size; ``--tile`` cuts very large images into overlapping
+windows whose logits are averaged), and every head's prediction is written:
+
+- ``<out>/<stem>.<head>.png``: segmentation heads as a label image (class index per pixel;
+  0/255 for a one-class mask), boundary heads as 0/255 at the 0.5 threshold;
+- ``<out>/<stem>.<head>.npy`` (with ``--probabilities``): the per-pixel probabilities;
+- ``<out>/predictions.json``: every classification head's class probabilities and predicted
+  class per image, with the files written for the spatial heads.
+
+A classification head sees the whole input, so on an image much larger than the training
+tiles its answer is about the whole image (with ``--tile``: the mean over windows).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from multiseg import recipe as recipe_lib  # noqa: E402
+from multiseg.data import DataError, head_targets, target_names  # noqa: E402
+from multiseg.data.files import IMAGE_EXTENSIONS  # noqa: E402
+from multiseg.data.io import read_array, to_image  # noqa: E402
+from multiseg.data.sources import is_synthetic, source_targets  # noqa: E402
+from multiseg.evaluate import RunNotFound, WeightsMismatch, load_run_model  # noqa: E402
+
+
+@dataclass(frozen=True)
+class HeadOutput:
+    """How to turn one head's logits into probabilities and what to write."""
+
+    name: str
+    kind: str  # segmentation | boundary | classification
+    classes: int
+    sigmoid: bool  # one channel, or a multi-label presence head
+    names: tuple[str, ...]
+
+
+def head_outputs(recipe) -> list[HeadOutput]:
+    infos = source_targets(recipe.data.source.kind, recipe.data.source.options)
+    outputs = []
+    for target in head_targets(recipe):
+        head = recipe.heads[target.head]
+        multilabel = (target.derive == "label" and target.options.get("mode") == "presence"
+                      and target.source_classes > 1)
+        outputs.append(HeadOutput(target.head, head.kind, head.classes,
+                                  sigmoid=head.classes == 1 or multilabel,
+                                  names=target_names(target, infos)))
+    return outputs
+
+
+def input_files(paths: list[str]) -> list[str]:
+    """The image files named, and those directly inside the folders named, in sorted order."""
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(os.path.join(path, f) for f in os.listdir(path)
+                           if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise DataError(path, f"holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            files += found
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise DataError(path, "no such file or folder")
+    return files
+
+
+def read_input(path: str, recipe) -> np.ndarray:
+    """One image as float32 (H, W, C), normalised as the recipe's source normalises."""
+    options = {} if is_synthetic(recipe.data.source.kind) else recipe.data.source.options
+    return to_image(path, read_array(path), intensity=options.get("intensity", "dtype"),
+                    channels=options.get("channels"))
+
+
+def _windows(length: int, tile: int, stride: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, stride))
+    return starts + [length - tile]
+
+
+def predict_logits(model: keras.Model, image: np.ndarray, *, tile: int | None = None,
+                   overlap: float = 0.25) -> dict[str, np.ndarray]:
+    """Every head's logits for one (H, W, C) image: spatial heads (H, W, C'), others (C',).
+
+    With ``tile``, windows of ``tile`` pixels overlapping by ``overlap`` are predicted one by
+    one; spatial logits are averaged where windows overlap, image-level logits over windows.
+    """
+    if tile is None or max(image.shape[:2]) <= tile:
+        outputs = model.predict_on_batch(image[None])
+        return {name: np.asarray(value)[0] for name, value in outputs.items()}
+    height, width = image.shape[:2]
+    stride = max(1, int(round(tile * (1 - overlap))))
+    sums: dict[str, np.ndarray] = {}
+    counts = np.zeros((height, width, 1), np.float32)
+    image_level: dict[str, list[np.ndarray]] = {}
+    for top in _windows(height, tile, stride):
+        for left in _windows(width, tile, stride):
+            window = image[top : top + tile, left : left + tile]
+            outputs = model.predict_on_batch(window[None])
+            h, w = window.shape[:2]
+            counts[top : top + h, left : left + w] += 1
+            for name, value in outputs.items():
+                value = np.asarray(value)[0]
+                if value.ndim == 3:
+                    total = sums.setdefault(name, np.zeros((height, width, value.shape[-1]),
+                                                           np.float32))
+                    total[top : top + h, left : left + w] += value
+                else:
+                    image_level.setdefault(name, []).append(value)
+    result = {name: total / counts for name, total in sums.items()}
+    result.update({name: np.mean(values, axis=0) for name, values in image_level.items()})
+    return result
+
+
+def probabilities(head: HeadOutput, logits: np.ndarray) -> np.ndarray:
+    if head.sigmoid:
+        return 1.0 / (1.0 + np.exp(-logits))
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def spatial_picture(head: HeadOutput, probs: np.ndarray) -> np.ndarray:
+    """uint8 (H, W): class indices, or 0/255 for a one-channel map at 0.5."""
+    if head.classes == 1:
+        return np.where(probs[..., 0] >= 0.5, 255, 0).astype(np.uint8)
+    labels = np.argmax(probs, axis=-1)
+    return labels.astype(np.uint8 if head.classes <= 256 else np.uint16)
+
+
+def image_level_answer(head: HeadOutput, probs: np.ndarray) -> dict:
+    names = head.names if len(head.names) == probs.shape[-1] else tuple(
+        str(i) for i in range(probs.shape[-1]))
+    answer: dict = {"probabilities": {n: round(float(p), 6) for n, p in zip(names, probs,
+                                                                           strict=True)}}
+    if head.sigmoid:
+        answer["present"] = [n for n, p in zip(names, probs, strict=True) if p >= 0.5]
+    else:
+        answer["predicted"] = names[int(np.argmax(probs))]
+    return answer
+
+
+def _run_model(run_dir: str, recipe, *, checkpoint: bool, first: tuple[str, np.ndarray]):
+    """The trained model; ``model.keras`` knows its input channels, a checkpoint does not, so
+    that one is built for the first image's channels."""
+    model_path = os.path.join(run_dir, "model.keras")
+    if not checkpoint and os.path.isfile(model_path):
+        from multiseg import load_model
+
+        return load_model(model_path, compile=False)
+    path, image = first
+    try:
+        return load_run_model(run_dir, recipe, channels=image.shape[-1], checkpoint=True)
+    except WeightsMismatch:
+        raise DataError(path, f"has {image.shape[-1]} channel(s), which the run's model does not"
+                        " take; set data.source.channels in the recipe or convert the"
+                        " file") from None
+
+
+def predict(run_dir: str, inputs: list[str], out: str, *, tile: int | None = None,
+            overlap: float = 0.25, save_probabilities: bool = False,
+            checkpoint: bool = False) -> dict:
+    """Writes every head's prediction for every input image; returns ``predictions.json``."""
+    recipe_path = os.path.join(run_dir, "recipe.yaml")
+    if not os.path.isfile(recipe_path):
+        raise RunNotFound(f"{run_dir}: no recipe.yaml here; is this a multiseg run directory?")
+    recipe = recipe_lib.load(recipe_path)
+    files = input_files(inputs)
+    heads = head_outputs(recipe)
+    first = read_input(files[0], recipe)
+    model = _run_model(run_dir, recipe, checkpoint=checkpoint, first=(files[0], first))
+    expected = model.inputs[0].shape[-1]
+    os.makedirs(out, exist_ok=True)
+    report: dict = {"run": run_dir, "images": {}}
+    stems: dict[str, str] = {}
+    for path in files:
+        image = first if path == files[0] else read_input(path, recipe)
+        if image.shape[-1] != expected:
+            raise DataError(path, f"has {image.shape[-1]} channel(s) but the model was trained"
+                            f" on {expected}; set data.source.channels in the recipe or"
+                            " convert the file")
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if stem in stems:
+            raise DataError(path, f"has the same name as {stems[stem]}: their outputs would"
+                            " overwrite each other; predict them into separate --out folders")
+        stems[stem] = path
+        logits = predict_logits(model, image, tile=tile, overlap=overlap)
+        entry: dict = {"path": path, "size": list(image.shape[:2])}
+        for head in heads:
+            probs = probabilities(head, logits[head.name])
+            if head.kind == "classification":
+                entry[head.name] = image_level_answer(head, probs)
+                continue
+            picture = os.path.join(out, f"{stem}.{head.name}.png")
+            Image.fromarray(spatial_picture(head, probs)).save(picture)
+            entry[head.name] = {"png": picture}
+            if save_probabilities:
+                array_path = os.path.join(out, f"{stem}.{head.name}.npy")
+                np.save(array_path, probs.astype(np.float32))
+                entry[head.name]["probabilities"] = array_path
+        report["images"][stem] = entry
+    with open(os.path.join(out, "predictions.json"), "w", encoding="utf-8") as handle:
+        json.dump(report, handle, indent=2)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m multiseg.predict",
+        description="Write every head's prediction for images, with a trained run.")
+    parser.add_argument("run_dir", help="a run directory written by multiseg.train")
+    parser.add_argument("inputs", nargs="+", help="image files or folders of images")
+    parser.add_argument("--out", required=True, help="folder for the predictions (created)")
+    parser.add_argument("--tile", type=int, help="predict in windows of this many pixels"
+                        " (for images too large to pass whole)")
+    parser.add_argument("--overlap", type=float, default=0.25,
+                        help="overlap of neighbouring windows with --tile (default 0.25)")
+    parser.add_argument("--probabilities", action="store_true",
+                        help="also write each spatial head's probabilities as .npy")
+    parser.add_argument("--checkpoint", action="store_true",
+                        help="use the latest checkpoint instead of model.keras")
+    args = parser.parse_args(argv)
+    if args.tile is not None and args.tile < 16:
+        parser.error("--tile must be at least 16 pixels")
+    if not 0 <= args.overlap < 1:
+        parser.error("--overlap must be in [0, 1)")
+    try:
+        report = predict(args.run_dir, args.inputs, args.out, tile=args.tile,
+                         overlap=args.overlap, save_probabilities=args.probabilities,
+                         checkpoint=args.checkpoint)
+    except (RunNotFound, recipe_lib.RecipeError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{len(report['images'])} image(s) -> {args.out}"
+          f" ({os.path.join(args.out, 'predictions.json')})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""python -m multiseg.predict: images in, every head's prediction out."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from multiseg.predict import _windows, main, predict, predict_logits
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Two RGB PNGs of different sizes, neither the training size (32x32)."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for name, size in (("a", (40, 52)), ("b", (32, 32))):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(
+            folder / f"{name}.png")
+    return folder
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def test_outputs_match_the_model(trained_tiny, images, tmp_path):
+    out = tmp_path / "pred"
+    report = predict(trained_tiny.run_dir, [str(images)], str(out))
+    assert sorted(report["images"]) == ["a", "b"]
+    model = trained_tiny.model
+    pixels = np.asarray(Image.open(images / "a.png"), np.float32) / 255.0  # intensity: dtype
+    expected = {k: np.asarray(v)[0] for k, v in model.predict_on_batch(pixels[None]).items()}
+
+    labels = np.asarray(Image.open(out / "a.mask.png"))
+    assert labels.shape == (40, 52) and labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, np.argmax(expected["mask"], axis=-1))
+    edges = np.asarray(Image.open(out / "a.boundary.png"))
+    np.testing.assert_array_equal(edges, np.where(expected["boundary"][..., 0] >= 0, 255, 0))
+
+    saved = json.loads((out / "predictions.json").read_text())
+    shape = saved["images"]["a"]["shape"]
+    probs = np.array(list(shape["probabilities"].values()))
+    np.testing.assert_allclose(probs, _softmax(expected["shape"]), atol=1e-5)
+    assert list(shape["probabilities"]) == ["circle", "square", "triangle"]
+    assert shape["predicted"] == ["circle", "square", "triangle"][int(np.argmax(probs))]
+
+
+def test_probabilities_written_on_request(trained_tiny, images, tmp_path):
+    predict(trained_tiny.run_dir, [str(images / "b.png")], str(tmp_path), save_probabilities=True)
+    probs = np.load(tmp_path / "b.mask.npy")
+    assert probs.shape == (32, 32, 4)
+    np.testing.assert_allclose(probs.sum(axis=-1), 1.0, atol=1e-5)
+    edge = np.load(tmp_path / "b.boundary.npy")
+    assert edge.shape == (32, 32, 1) and 0 <= edge.min() and edge.max() <= 1
+
+
+@pytest.mark.parametrize("length,tile,stride", [(100, 32, 24), (32, 32, 24), (20, 32, 24),
+                                                (65, 32, 32)])
+def test_windows_cover_every_pixel_inside_the_image(length, tile, stride):
+    starts = _windows(length, tile, stride)
+    covered = np.zeros(length, bool)
+    for s in starts:
+        assert 0 <= s and (s + tile <= length or s == 0)
+        covered[s : s + tile] = True
+    assert covered.all()
+
+
+def test_tiling_averages_window_logits(trained_tiny):
+    model = trained_tiny.model
+    image = np.random.default_rng(1).random((48, 32, 3), dtype=np.float32)
+    tiled = predict_logits(model, image, tile=32, overlap=0.5)
+    # Windows start at rows 0 and 16 (stride 16): rows 16-31 are the mean of both windows.
+    top = {k: np.asarray(v)[0] for k, v in model.predict_on_batch(image[None, :32]).items()}
+    low = {k: np.asarray(v)[0] for k, v in model.predict_on_batch(image[None, 16:]).items()}
+    np.testing.assert_allclose(tiled["mask"][:16], top["mask"][:16], atol=1e-5)
+    np.testing.assert_allclose(tiled["mask"][16:32], (top["mask"][16:] + low["mask"][:16]) / 2,
+                               atol=1e-5)
+    np.testing.assert_allclose(tiled["mask"][32:], low["mask"][16:], atol=1e-5)
+    np.testing.assert_allclose(tiled["shape"], (top["shape"] + low["shape"]) / 2, atol=1e-5)
+
+
+def test_cli_errors_name_the_file(trained_tiny, tmp_path, capsys):
+    grey = tmp_path / "grey.png"
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(grey)
+    assert main([trained_tiny.run_dir, str(grey), "--out", str(tmp_path / "o")]) == 2
+    assert "grey.png: has 1 channel(s)" in capsys.readouterr().err
+    assert main([trained_tiny.run_dir, str(grey), "--out", str(tmp_path / "o"),
+                 "--checkpoint"]) == 2
+    assert "grey.png: has 1 channel(s)" in capsys.readouterr().err
+    assert main([trained_tiny.run_dir, str(tmp_path / "missing.png"), "--out",
+                 str(tmp_path / "o")]) == 2
+    assert "missing.png: no such file" in capsys.readouterr().err
+    assert main([str(tmp_path), str(grey), "--out", str(tmp_path / "o")]) == 2
+    assert "no recipe.yaml" in capsys.readouterr().err
+
+
+def test_cli_writes_predictions(trained_tiny, images, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main([trained_tiny.run_dir, str(images / "a.png"), "--out", str(out), "--tile",
+                 "32"]) == 0
+    assert "1 image(s)" in capsys.readouterr().out
+    assert sorted(os.listdir(out)) == ["a.boundary.png", "a.mask.png", "predictions.json"]
