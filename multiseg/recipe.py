@@ -43,12 +43,19 @@ DEFAULT_METRICS: dict[str, list[str]] = {
 }
 # Options that the head decides, never the recipe.
 HEAD_DECIDED_OPTIONS = ("from_logits",)
+MAX_CLASSES = 4096  # output channels of one head (also the most classes a target may have)
+MAX_HEAD_NAME = 64  # characters; a head's name becomes layer names, log keys and file names
+# Names Keras or multiseg already use in the training logs ("val_<key>", "total/...",
+# "optimizer/...", "learning_rate"); a head of that name would be confused with them.
+RESERVED_HEAD_NAMES = ("val", "total", "optimizer", "learning")
 
 
 class RecipeError(ValueError):
     """A recipe mistake: ``path`` is the field (``heads.mask.loss[0].name``) or file at fault."""
 
     def __init__(self, path: str, message: str):
+        # One line on the terminal, whatever the message quotes.
+        message = " ".join(message.splitlines())
         self.path = path
         self.message = message
         super().__init__(f"{path}: {message}" if path else message)
@@ -258,8 +265,28 @@ def _show(value: Any) -> str:
         return f"<an integer of {value.bit_length()} bits>"
 
 
+def _name(key: Any) -> str:
+    """A user's key as a piece of a field path: as written, or quoted (and shortened) when it
+    is empty, long, or holds spaces or characters that do not print: a path stays one
+    readable word."""
+    text = str(key)
+    plain = 0 < len(text) <= 80 and text.isprintable() and not any(c.isspace() for c in text)
+    return text if plain else _show(text)
+
+
+def _tidy(message: str) -> str:
+    """A message from a data source or a loss/metric, shortened where it quotes a long value
+    (a path, a number of a thousand digits) that the recipe gave it."""
+    message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    return re.sub(r"\S{121,}", lambda m: f"{m[0][:50]}...{m[0][-50:]}", message)
+
+
 def _suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    word = str(word)
+    same = [c for c in choices if c.lower() == word.lower()]  # 'Dice' -> 'dice'
+    # A cut-short name ('acc' -> 'accuracy'), else the closest spelling.
+    start = [c for c in choices if len(word) >= 3 and c.startswith(word)]
+    close = same or start or difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
@@ -281,7 +308,7 @@ class _Section:
         self.used: set[str] = set()
 
     def sub(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
+        return f"{self.path}.{_name(key)}" if self.path else _name(key)
 
     def has(self, key: str) -> bool:
         return key in self.raw
@@ -318,6 +345,12 @@ class _Section:
                               f" Expected one of: {', '.join(choices)}")
         return value
 
+    def expect(self, *keys: str) -> None:
+        """Declares the keys this mapping may hold and refuses any other at once: a misspelled
+        key is usually the cause of the errors that would follow it, so it is reported first."""
+        self.used.update(keys)
+        self.finish()
+
     def finish(self) -> None:
         unknown = [k for k in self.raw if k not in self.used]
         if unknown:
@@ -339,7 +372,9 @@ def _check_value(value: Any, kind: type | tuple[type, ...], path: str,
     else:
         ok = isinstance(value, kinds)
     if not ok:
-        expected = " or ".join(_type_name(k()) if k is not type(None) else "empty" for k in kinds)
+        # "a number" covers integers: float fields take both.
+        shown = [k for k in kinds if not (k is int and float in kinds)]
+        expected = " or ".join(_type_name(k()) if k is not type(None) else "empty" for k in shown)
         raise RecipeError(path, f"expected {expected}, got {_type_name(value)} ({_show(value)})")
     if isinstance(value, float) and not math.isfinite(value):
         raise RecipeError(path, f"must be a finite number, got {value}")
@@ -358,8 +393,13 @@ def _non_negative(value: float) -> str | None:
     return None if value >= 0 else "must be >= 0"
 
 
+def _below_one(value: float) -> str | None:
+    return None if 0 <= value < 1 else "must be in [0, 1)"
+
+
 def _at_most(limit: float) -> Callable[[float], str | None]:
-    return lambda value: None if value <= limit else f"must be <= {limit:g}"
+    text = f"{limit:g}" if float(f"{limit:g}") == limit else str(int(limit))  # 2**32 - 1 too
+    return lambda value: None if value <= limit else f"must be <= {text}"
 
 
 def _all(*checks: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
@@ -392,29 +432,35 @@ def _read_data(sec: _Section) -> DataSpec:
     from multiseg.data.patches import PATCH_MODES
     from multiseg.data.sources import SOURCES, is_synthetic, option_types, source_options
 
+    sec.expect("source", "image_size", "train", "val", "augment", "patches", "tile_overlap")
     raw_source = sec.raw_value("source")
     src_path = sec.sub("source")
     if raw_source is None:
         raise RecipeError(src_path, f"is required. Built-in sources: {', '.join(SOURCES)}")
     if isinstance(raw_source, str):
         raw_source = {"kind": raw_source}
+    if not isinstance(raw_source, Mapping):
+        raise RecipeError(src_path, f"expected a source name ({', '.join(SOURCES)}) or a"
+                          " mapping such as {kind: folder, path: data/my_set}, got"
+                          f" {_type_name(raw_source)} ({_show(raw_source)})")
     src = _Section(raw_source, src_path)
     kind = src.choice("kind", tuple(SOURCES))
     allowed = source_options(kind)
+    src.expect("kind", *allowed)
     options = {}
     for key, default in allowed.items():
         options[key] = src.get(key, option_types(kind, key), default)
-    src.finish()
     problem = SOURCES[kind].check_options(options)
     if problem:
-        raise RecipeError(f"{src_path}.{problem[0]}", problem[1])
+        raise RecipeError(f"{src_path}.{_name(problem[0])}", _tidy(problem[1]))
 
     size_raw = sec.get("image_size", (list, int))
     size = _int_list(size_raw, sec.sub("image_size"), min_len=1, max_value=8192)
     if len(size) == 1:
         size = (size[0], size[0])
     if len(size) != 2:
-        raise RecipeError(sec.sub("image_size"), f"expected [height, width], got {size_raw!r}")
+        raise RecipeError(sec.sub("image_size"), f"expected [height, width], got"
+                          f" {_show(size_raw)}")
     count_check = _all(_positive, _at_most(10_000_000))
     if is_synthetic(kind):
         train = sec.get("train", int, check=count_check)
@@ -423,13 +469,17 @@ def _read_data(sec: _Section) -> DataSpec:
         # File sources: the files decide; train/val set samples per epoch (or at most).
         train = sec.get("train", int, None, count_check)
         val = sec.get("val", int, None, count_check)
-    aug = sec.section("augment")
+    aug_raw = sec.raw_value("augment")
+    if aug_raw is not None and not isinstance(aug_raw, Mapping):
+        raise RecipeError(sec.sub("augment"), "expected a mapping of transforms such as {flip:"
+                          f" true, rotate: 15}}, got {_type_name(aug_raw)} ({_show(aug_raw)})")
+    aug = _Section(aug_raw, sec.sub("augment"))
+    aug.expect("flip", "rotate90", *_AUGMENT_LIMITS)
     values: dict[str, Any] = {"flip": aug.get("flip", bool, False),
                               "rotate90": aug.get("rotate90", bool, False)}
     for key, limit in _AUGMENT_LIMITS.items():
         values[key] = aug.get(key, float, 0.0, _all(_non_negative, _at_most(limit)))
     augment = AugmentSpec(**values)
-    aug.finish()
     if augment.rotate90 and size[0] != size[1]:
         raise RecipeError(aug.sub("rotate90"), f"needs square images, image_size is {list(size)}")
     patches = sec.choice("patches", PATCH_MODES, "whole")
@@ -438,7 +488,7 @@ def _read_data(sec: _Section) -> DataSpec:
         raise RecipeError(sec.sub("tile_overlap"), "applies to patches: tile only")
     if overlap >= min(size):
         raise RecipeError(sec.sub("tile_overlap"), f"must be smaller than the tile size"
-                          f" {list(size)}, got {overlap}")
+                          f" {list(size)}, got {_show(overlap)}")
     if is_synthetic(kind) and patches != "whole":
         raise RecipeError(sec.sub("patches"), f"the synthetic source '{kind}' draws samples at"
                           " image_size already; patches apply to folder and arrays sources")
@@ -451,6 +501,7 @@ def _read_data(sec: _Section) -> DataSpec:
 
 
 def _read_model(sec: _Section) -> ModelSpec:
+    sec.expect(*(f.name for f in dataclasses.fields(ModelSpec)))
     trunk = sec.choice("trunk", ("unet",), "unet")
     filters = _int_list(sec.get("filters", (list, int), [16, 32, 64, 128]), sec.sub("filters"),
                         min_len=1, max_value=2048)
@@ -463,19 +514,42 @@ def _read_model(sec: _Section) -> ModelSpec:
         norm=sec.choice("norm", NORMS, "batch"),
         groups=sec.get("groups", int, 8, _all(_positive, _at_most(1024))),
         activation=sec.get("activation", str, "relu"),
-        dropout=sec.get("dropout", float, 0.0, lambda v: None if 0 <= v < 1 else "must be in [0, 1)"),
+        dropout=sec.get("dropout", float, 0.0, _below_one),
         upsample=sec.choice("upsample", UPSAMPLE_MODES, "transpose"),
     )
-    try:
+    problem = _activation_problem(spec.activation)
+    if problem:
         import keras
 
-        keras.activations.get(spec.activation)
-    except (ValueError, TypeError):
-        raise RecipeError(sec.sub("activation"),
-                          f"unknown activation {_show(spec.activation)} (a keras activation name"
-                          " such as relu, gelu, silu, elu, leaky_relu)") from None
+        names = [n for n in dir(keras.activations)
+                 if not n.startswith("_") and not _activation_problem(n)]
+        known = "such as relu, gelu, silu, elu, leaky_relu"
+        if problem == "unknown":
+            message = (f"unknown activation {_show(spec.activation)}"
+                       f"{_suggest(spec.activation, names)}. Expected a keras activation name"
+                       f" {known}")
+        else:
+            message = (f"activation {_show(spec.activation)} {problem}; the trunk needs a"
+                       f" shape-preserving function of one argument {known}")
+        raise RecipeError(sec.sub("activation"), message)
     sec.finish()
     return spec
+
+
+def _activation_problem(name: str) -> str | None:
+    """None for a keras activation that works element-wise, as the trunk's layers need; else
+    'unknown', or why it does not fit (glu halves the channels, threshold takes arguments)."""
+    import keras
+
+    try:
+        function = keras.activations.get(name)
+    except (ValueError, TypeError):
+        return "unknown"
+    try:
+        shape = tuple(keras.ops.shape(function(keras.ops.zeros((1, 2, 2, 4)))))
+    except Exception:  # whatever a foreign function raises here, it does not fit
+        return "takes arguments of its own"
+    return None if shape == (1, 2, 2, 4) else "changes the shape of its input"
 
 
 def _attach_points(levels: int) -> tuple[str, ...]:
@@ -486,7 +560,7 @@ def _attach_points(levels: int) -> tuple[str, ...]:
 def _read_target(raw: Any, path: str, source_targets: Mapping[str, Any]) -> TargetSpec:
     if isinstance(raw, str):
         if raw not in source_targets:
-            raise RecipeError(path, f"the data source has no target '{raw}'"
+            raise RecipeError(path, f"the data source has no target {_show(raw)}"
                               f"{_suggest(raw, list(source_targets))}. It provides: "
                               f"{', '.join(source_targets)}; or derive one with"
                               " {derive: boundary, from: mask}")
@@ -497,12 +571,18 @@ def _read_target(raw: Any, path: str, source_targets: Mapping[str, Any]) -> Targ
                               f" {{derive: label, from: {raw}, mode: count, bins: [5, 20]}}")
         return TargetSpec(source=raw)
     sec = _Section(raw, path)
+    sec.expect("derive", "from", "width", "mode", "bins")
     derive = sec.choice("derive", DERIVATIONS)
+    # Options of the other derivation: say where they belong.
+    for key, owner in (("width", "boundary"), ("bins", "label")):
+        if sec.has(key) and derive != owner:
+            raise RecipeError(sec.sub(key), f"applies to derive: {owner}, not {derive}")
     src = sec.get("from", str, "mask")
-    if src not in source_targets or source_targets[src].kind not in ("mask", "instances"):
-        masks = [k for k, t in source_targets.items() if t.kind in ("mask", "instances")]
-        raise RecipeError(sec.sub("from"), f"'{src}' is not a mask of the data source;"
-                          f" masks it provides: {', '.join(masks) or 'none'}")
+    masks = [k for k, t in source_targets.items() if t.kind in ("mask", "instances")]
+    if src not in masks:
+        raise RecipeError(sec.sub("from"), f"{_show(src)} is not a mask of the data source"
+                          f"{_suggest(src, masks)}; masks it provides:"
+                          f" {', '.join(masks) or 'none'}")
     options: dict[str, Any] = {}
     if derive == "boundary":
         options["width"] = sec.get("width", int, 1, _all(_positive, _at_most(64)))
@@ -518,7 +598,6 @@ def _read_target(raw: Any, path: str, source_targets: Mapping[str, Any]) -> Targ
         if mode in ("count", "coverage"):
             options["bins"] = _read_bins(sec, mode)
         elif sec.has("bins"):
-            sec.raw_value("bins")
             raise RecipeError(sec.sub("bins"), f"applies to mode: count or coverage, not {mode}")
     sec.finish()
     return TargetSpec(source=src, derive=derive, options=options)
@@ -534,15 +613,19 @@ def _read_bins(sec: _Section, mode: str) -> list[float]:
                           f" {example} (classes: below the first, between, from the last)")
     if not isinstance(raw, list) or not raw:
         raise RecipeError(path, f"expected a non-empty list of numbers such as {example}, got"
-                          f" {raw!r}")
-    limit = (0.0, 1e9) if mode == "count" else (0.0, 1.0)
-    bins = [_check_value(v, (int, float), f"{path}[{i}]",
-                         lambda v: None if limit[0] < v < limit[1] or (mode == "count" and
-                                                                      v == limit[1])
-                         else f"must be in ({limit[0]:g}, {limit[1]:g})")
-            for i, v in enumerate(raw)]
+                          f" {_show(raw)}")
+    if len(raw) >= MAX_CLASSES:
+        raise RecipeError(path, f"has {len(raw)} thresholds, which make {len(raw) + 1} classes;"
+                          f" a head has at most {MAX_CLASSES} classes ({MAX_CLASSES - 1}"
+                          " thresholds)")
+    if mode == "count":  # a number of objects: any positive threshold up to a billion
+        check = _all(_positive, _at_most(1e9))
+    else:  # a fraction of the pixels, strictly between none and all
+        def check(v: float) -> str | None:
+            return None if 0 < v < 1 else "must be in (0, 1)"
+    bins = [_check_value(v, float, f"{path}[{i}]", check) for i, v in enumerate(raw)]
     if any(b <= a for a, b in zip(bins, bins[1:], strict=False)):
-        raise RecipeError(path, f"must increase strictly, got {raw!r}")
+        raise RecipeError(path, f"must increase strictly, got {_show(raw)}")
     # Object counts read best as integers ("bins=[11]", not [11.0]).
     return [int(b) if mode == "count" and float(b).is_integer() else b for b in bins]
 
@@ -596,11 +679,10 @@ def _read_terms(raw: Any, path: str, kind: str) -> tuple[LossTermSpec, ...]:
             raise RecipeError(sec.sub("name"), f"unknown loss {_show(name)}"
                               f"{_suggest(name, list(LOSSES))}. Expected one of: "
                               f"{', '.join(LOSSES)}")
+        options = _read_options(sec, loss_options(name), f"loss '{name}'", ("name", "weight"))
         weight = sec.get("weight", float, 1.0, _all(_non_negative, _at_most(1e6)))
-        options = _read_options(sec, loss_options(name), f"loss '{name}'")
         sec.finish()
-        _try_build(where, lambda: build_loss({"name": name, **options}, from_logits=True),
-                   options)
+        _try_build(where, options, build_loss, {"name": name, **options}, from_logits=True)
         terms.append(LossTermSpec(name=name, weight=weight, options=options))
     if all(t.weight == 0 for t in terms):
         raise RecipeError(path, "every term has weight 0: the head would learn nothing")
@@ -636,25 +718,45 @@ def _check_term_channels(term: LossTermSpec, classes: int, where: str) -> None:
                           " with class_weights, or multilabel: true")
 
 
-def _read_options(sec: _Section, allowed: Mapping[str, Any], what: str) -> dict[str, Any]:
-    options = {}
-    for key in list(sec.raw):
-        if key in ("name", "weight"):
+# Loss and metric options whose default (None) says nothing of their type, checked here.
+# `threshold` is a probability: a head's logits go through its sigmoid before the cut.
+_OPTION_CHECKS: dict[str, tuple[type, Callable[[Any], str | None]]] = {
+    "threshold": (float, lambda v: None if 0 < v < 1 else "must be a probability in (0, 1)"),
+}
+
+
+def _read_options(sec: _Section, allowed: Mapping[str, Any], what: str,
+                  fixed: tuple[str, ...]) -> dict[str, Any]:
+    """The options of one loss term or metric (every key but ``fixed``). Unknown keys are
+    refused first; then each value must have its default's type: a boolean for a boolean
+    default, an integer for an integer one (kept an integer), a number for a float one. Null
+    means the default. Options that default to None or a string are checked by the loss or
+    metric itself when it is built, except those in ``_OPTION_CHECKS``."""
+    for key in sec.raw:
+        if key in fixed:
             continue
         if key in HEAD_DECIDED_OPTIONS:
-            raise RecipeError(sec.sub(key), f"is decided by the head (its output is logits),"
+            raise RecipeError(sec.sub(key), "is decided by the head (its output is logits),"
                               " not by the recipe: remove it")
         if key not in allowed:
             raise RecipeError(sec.sub(key), f"unknown option of {what}"
-                              f"{_suggest(key, [*allowed, 'weight'])}. Options: "
+                              f"{_suggest(key, [*allowed, *fixed])}. Options: "
                               f"{', '.join(allowed) or 'none'}")
+    options = {}
+    for key in sec.raw:
+        if key in fixed:
+            continue
         value = sec.raw_value(key)
+        if value is None:  # null: the default, as for every other key
+            continue
         default = allowed[key]
-        if isinstance(default, bool):
-            value = _check_value(value, bool, sec.sub(key))
-        elif isinstance(default, (int, float)) and not isinstance(value, (list, tuple)):
-            value = _check_value(value, (int, float), sec.sub(key))
-        _check_option_size(value, sec.sub(key))
+        path = sec.sub(key)
+        if isinstance(default, (bool, int, float)):  # type(True) is bool, not int
+            value = _check_value(value, type(default), path)
+        elif key in _OPTION_CHECKS:
+            kind, check = _OPTION_CHECKS[key]
+            value = _check_value(value, kind, path, check)
+        _check_option_size(value, path)
         options[key] = value
     return options
 
@@ -669,16 +771,17 @@ def _check_option_size(value: Any, path: str) -> None:
                          lambda v: None if abs(v) <= 1e6 else "must be between -1e6 and 1e6")
 
 
-def _try_build(path: str, make: Callable[[], Any], options: Mapping[str, Any] | None = None
-               ) -> None:
-    """Builds a loss or metric now so that bad option values fail at load time."""
+def _try_build(path: str, options: Mapping[str, Any], make: Callable[..., Any], *args: Any,
+               **kwargs: Any) -> None:
+    """Builds a loss or metric now (``make(*args, **kwargs)``) so that bad option values fail
+    at load time."""
     try:
-        make()
+        make(*args, **kwargs)
     except (ValueError, TypeError) as exc:
-        message = str(exc)
+        message = _tidy(str(exc))
         # The loss or metric quotes the option at fault ("invalid `alpha`=..."): name its path.
         found = re.search(r"`(\w+)(\[\d+\])?`", message)
-        if found and found.group(1) in (options or {}):
+        if found and found.group(1) in options:
             path = f"{path}.{found.group(1)}{found.group(2) or ''}"
         raise RecipeError(path, message) from None
 
@@ -688,12 +791,13 @@ def _read_metrics(raw: Any, path: str, kind: str, classes: int) -> tuple[MetricS
 
     if raw is None:
         raw = DEFAULT_METRICS[kind]
-    if not isinstance(raw, list):
+    listed = isinstance(raw, list)
+    if not listed:
         raw = [raw]
     metrics = []
     seen = set()
     for i, entry in enumerate(raw):
-        where = f"{path}[{i}]"
+        where = f"{path}[{i}]" if listed else path
         if isinstance(entry, str):
             entry = {"name": entry}
         if not isinstance(entry, (Mapping, type(None))):
@@ -705,10 +809,14 @@ def _read_metrics(raw: Any, path: str, kind: str, classes: int) -> tuple[MetricS
             raise RecipeError(sec.sub("name") if isinstance(raw[i], dict) else where,
                               f"unknown metric {_show(name)}{_suggest(name, list(METRICS))}."
                               f" Expected one of: {', '.join(METRICS)}")
-        options = _read_options(sec, metric_options(name), f"metric '{name}'")
+        options = _read_options(sec, metric_options(name), f"metric '{name}'", ("name",))
         sec.finish()
-        _try_build(where, lambda: build_metric({"name": name, **options}, classes=classes,
-                                               from_logits=True), options)
+        if (options.get("threshold") is not None and classes > 1
+                and not options.get("multilabel")):
+            raise RecipeError(f"{where}.threshold", "applies to one-channel or multilabel heads;"
+                              f" this head picks the most likely of its {classes} classes")
+        _try_build(where, options, build_metric, {"name": name, **options}, classes=classes,
+                   from_logits=True)
         label = options.get("class_id", "")
         if (name, label) in seen:
             raise RecipeError(where, f"metric '{name}' is listed twice")
@@ -719,6 +827,7 @@ def _read_metrics(raw: Any, path: str, kind: str, classes: int) -> tuple[MetricS
 
 def _read_head(name: str, sec: _Section, levels: int, source_targets: Mapping[str, Any]
                ) -> HeadSpec:
+    sec.expect(*(f.name for f in dataclasses.fields(HeadSpec) if f.name != "name"))
     kind = sec.choice("kind", HEAD_KINDS)
     raw_target = sec.raw_value("target")
     if raw_target is None:
@@ -731,6 +840,10 @@ def _read_head(name: str, sec: _Section, levels: int, source_targets: Mapping[st
     target = _read_target(sec.raw_value("target"), sec.sub("target"), source_targets)
     t_kind = target_kind(target, source_targets)
     t_classes = target_classes(target, source_targets)
+    if t_classes > MAX_CLASSES:
+        raise RecipeError(sec.sub("target"), f"target '{target.source}'"
+                          f"{' (derived)' if target.derive else ''} has {t_classes} classes;"
+                          f" a head has at most {MAX_CLASSES}")
     if kind == "classification" and t_kind != "label":
         raise RecipeError(sec.sub("target"), "a classification head needs an image-level label"
                           " target (e.g. 'label' or {derive: label, from: mask}), got a mask")
@@ -746,7 +859,7 @@ def _read_head(name: str, sec: _Section, levels: int, source_targets: Mapping[st
                               " classes; a boundary head needs a binary map: use"
                               f" {{derive: boundary, from: {target.source}}}")
     else:
-        classes = sec.get("classes", int, t_classes, _all(_positive, _at_most(4096)))
+        classes = sec.get("classes", int, t_classes, _all(_positive, _at_most(MAX_CLASSES)))
         if kind == "segmentation" and classes == 2:
             raise RecipeError(sec.sub("classes"), "2 classes is a binary task: use classes: 1"
                               " (one sigmoid channel) with a binary mask")
@@ -779,23 +892,36 @@ def _read_head(name: str, sec: _Section, levels: int, source_targets: Mapping[st
 
 
 def _read_train(sec: _Section) -> TrainSpec:
+    sec.expect(*(f.name for f in dataclasses.fields(TrainSpec)))
     opt_raw = sec.raw_value("optimizer")
     if isinstance(opt_raw, str):
         opt_raw = {"name": opt_raw}
+    if opt_raw is not None and not isinstance(opt_raw, Mapping):
+        raise RecipeError(sec.sub("optimizer"), "expected an optimizer name"
+                          f" ({', '.join(OPTIMIZERS)}) or a mapping such as {{name: adam,"
+                          " learning_rate: 1.0e-3}, got"
+                          f" {_type_name(opt_raw)} ({_show(opt_raw)})")
     opt = _Section(opt_raw, sec.sub("optimizer"))
+    opt.expect(*(f.name for f in dataclasses.fields(OptimizerSpec)))
     optimizer = OptimizerSpec(
         name=opt.choice("name", OPTIMIZERS, "adam"),
         learning_rate=opt.get("learning_rate", float, 1e-3, _all(_positive, _at_most(10.0))),
         weight_decay=opt.get("weight_decay", float, None, _all(_non_negative, _at_most(1.0))),
-        momentum=opt.get("momentum", float, None,
-                         lambda v: None if 0 <= v < 1 else "must be in [0, 1)"),
+        momentum=opt.get("momentum", float, None, _below_one),
         clipnorm=opt.get("clipnorm", float, None, _all(_positive, _at_most(1e6))),
     )
+    if optimizer.momentum is not None and optimizer.name not in ("sgd", "rmsprop"):
+        raise RecipeError(opt.sub("momentum"), f"applies to sgd and rmsprop, not"
+                          f" {optimizer.name} (whose moments are its own)")
     opt.finish()
     gf_raw = sec.raw_value("gradflow")
     if isinstance(gf_raw, int) and not isinstance(gf_raw, bool):
         gf_raw = {"every": gf_raw}
+    if gf_raw is not None and not isinstance(gf_raw, Mapping):
+        raise RecipeError(sec.sub("gradflow"), "expected a number of steps or a mapping such as"
+                          f" {{every: 200}}, got {_type_name(gf_raw)} ({_show(gf_raw)})")
     gf = _Section(gf_raw, sec.sub("gradflow"))
+    gf.expect("every")
     gradflow = GradflowSpec(every=gf.get("every", int, 0, _all(_non_negative,
                                                                _at_most(10_000_000))))
     gf.finish()
@@ -817,6 +943,72 @@ def _read_train(sec: _Section) -> TrainSpec:
     return spec
 
 
+def _check_run_name(name: str) -> str | None:
+    """Why ``name`` cannot name a run directory (runs/<name>), or None."""
+    if not name:
+        return "must be a non-empty name (it names the run directory)"
+    if len(name) > 255:
+        return (f"must be a name of at most 255 characters (it names the run directory), has"
+                f" {len(name)}")
+    if "/" in name:
+        return "must be a name without '/' (it names one run directory, runs/<name>)"
+    if name.strip() != name:
+        return "must be a name without surrounding spaces"
+    if not name.isprintable():
+        return "must be a name without control characters"
+    if name in (".", ".."):
+        return "must be a name other than '.' and '..' (it names the run directory)"
+    return None
+
+
+def _check_head_name(name: str) -> str | None:
+    """Why a head name cannot be used, or None. It names the head's layers (TensorFlow takes
+    ASCII names only), its log keys and its prediction files."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name.startswith("trunk"):
+        return ("head names must be identifiers of ASCII letters, digits and '_', not starting"
+                " with a digit, and not start with 'trunk' (the shared layers' prefix)")
+    if len(name) > MAX_HEAD_NAME:
+        return f"head names have at most {MAX_HEAD_NAME} characters, this one has {len(name)}"
+    if name in RESERVED_HEAD_NAMES or name.startswith("val_"):
+        return ("is a reserved name: Keras logs validation values as 'val_<key>', and multiseg"
+                " groups its logs under 'total', 'optimizer' and 'learning_rate'. Choose"
+                " another name")
+    return None
+
+
+def _output_problem(path: str) -> str | None:
+    """Why ``path`` cannot name a run directory, judged from the text alone, or None."""
+    if not path.strip():
+        return "must be a non-empty path (the run directory)"
+    if not path.isprintable():
+        return "must be a path without control characters"
+    if len(path) > 4096 or any(len(part.encode()) > 255 for part in path.split(os.sep)):
+        return "must be a path of at most 4096 characters, and 255 bytes for each of its parts"
+    return None
+
+
+def check_output(path: str, where: str = "output") -> None:
+    """Refuses a run directory that cannot be made: a bad path (see ``_output_problem``), or
+    an existing file in its place or in the place of one of its parents. ``load`` runs it on
+    the recipe's ``output``; ``from_dict`` checks the text only, not the disk.
+
+    Raises:
+        RecipeError: naming ``where`` (``output``, or ``--output`` on the command line).
+    """
+    problem = _output_problem(path)
+    if problem:
+        raise RecipeError(where, f"{problem}, got {_show(path)}")
+    # Training makes the directory before anything else; a file in the way is a recipe mistake.
+    node = os.path.abspath(path)
+    while not os.path.exists(node) and os.path.dirname(node) != node:
+        node = os.path.dirname(node)
+    if os.path.exists(node) and not os.path.isdir(node):
+        what = ("is an existing file" if node == os.path.abspath(path)
+                else f"lies inside {_show(node)}, which is a file")
+        raise RecipeError(where, f"{what}; the run directory must be a directory: choose"
+                          " another path")
+
+
 def from_dict(raw: Any, *, where: str = "") -> Recipe:
     """Validates plain data (as YAML gives it) into a :class:`Recipe`.
 
@@ -835,10 +1027,7 @@ def from_dict(raw: Any, *, where: str = "") -> Recipe:
     if version != RECIPE_VERSION:
         raise RecipeError("version", f"this multiseg reads recipe version {RECIPE_VERSION},"
                           f" got {version}")
-    name = top.get("name", str, "multiseg-run",
-                   lambda v: None if v and "/" not in v and v.strip() == v and len(v) <= 255
-                   else "must be a non-empty name of at most 255 characters (it names the run"
-                   " directory), without '/' or surrounding spaces")
+    name = top.get("name", str, "multiseg-run", _check_run_name)
     seed = top.get("seed", int, 0, _all(_non_negative, _at_most(2**32 - 1)))
     data = _read_data(top.section("data"))
     model = _read_model(top.section("model"))
@@ -846,28 +1035,30 @@ def from_dict(raw: Any, *, where: str = "") -> Recipe:
     if heads_raw is None:
         raise top.missing("heads", ": at least one head, e.g. heads: {mask: {kind:"
                           " segmentation, target: mask}}")
+    example = "e.g. heads: {mask: {kind: segmentation, target: mask}}"
+    if not isinstance(heads_raw, Mapping):
+        raise RecipeError("heads", f"expected a mapping of head names to heads, {example}; got"
+                          f" {_type_name(heads_raw)} ({_show(heads_raw)})")
     if not heads_raw:
-        raise RecipeError("heads", "at least one head is required, e.g. heads: {mask: {kind:"
-                          " segmentation, target: mask}}")
+        raise RecipeError("heads", f"at least one head is required, {example}")
     heads_sec = _Section(heads_raw, "heads")
     s_targets = get_source_targets(data.source.kind, data.source.options)
     heads = {}
     for head_name in heads_raw:
-        if not head_name.isidentifier() or head_name.startswith("trunk"):
-            raise RecipeError(f"heads.{head_name}", "head names must be identifiers (letters,"
-                              " digits, '_', not starting with a digit) and not start with"
-                              " 'trunk'")
-        if head_name in ("val", "total", "optimizer", "learning") or head_name.startswith("val_"):
-            raise RecipeError(f"heads.{head_name}", "is a reserved name: Keras logs validation"
-                              " values as 'val_<key>', and multiseg groups its logs under"
-                              " 'total', 'optimizer' and 'learning_rate'. Choose another name")
+        head_path = f"heads.{_name(head_name)}"
+        problem = _check_head_name(head_name)
+        if problem:
+            raise RecipeError(head_path, problem)
+        head_raw = heads_sec.raw_value(head_name)
+        if head_raw is not None and not isinstance(head_raw, Mapping):
+            raise RecipeError(head_path, "expected a head: a mapping such as {kind: segmentation,"
+                              f" target: mask}}, got {_type_name(head_raw)} ({_show(head_raw)})")
         heads[head_name] = _read_head(head_name, heads_sec.section(head_name),
                                       len(model.filters), s_targets)
     if all(head.loss_weight == 0 for head in heads.values()):
         raise RecipeError("heads", "every head has loss_weight 0: nothing would be trained")
     train = _read_train(top.section("train"))
-    output = top.get("output", str, f"runs/{name}",
-                     lambda v: None if v.strip() else "must be a non-empty path")
+    output = top.get("output", str, f"runs/{name}", _output_problem)
     top.finish()
     return Recipe(name=name, data=data, model=model, heads=heads, train=train, output=output,
                   seed=seed, version=version)
@@ -880,25 +1071,25 @@ def from_dict(raw: Any, *, where: str = "") -> Recipe:
 def parse_override(text: str) -> tuple[list[str | int], Any]:
     """``heads.mask.loss[0].weight=0.5`` -> (['heads', 'mask', 'loss', 0, 'weight'], 0.5)."""
     if "=" not in text:
-        raise RecipeError("--set", f"expected key.path=value, got '{text}'")
+        raise RecipeError("--set", f"expected key.path=value, got {_show(text)}")
     key, _, value_text = text.partition("=")
     parts: list[str | int] = []
     for piece in key.strip().split("."):
         name, _, rest = piece.partition("[")
         if not name:
-            raise RecipeError("--set", f"empty key in '{key}'")
+            raise RecipeError("--set", f"empty key in {_show(key)}")
         parts.append(name)
         while rest:
             index, _, rest = rest.partition("]")
             if not index.isdigit():
-                raise RecipeError("--set", f"bad index '[{index}]' in '{key}'")
+                raise RecipeError("--set", f"bad index {_show(f'[{index}]')} in {_show(key)}")
             parts.append(int(index))
             rest = rest[1:] if rest.startswith("[") else rest
     try:
         value = yaml.safe_load(value_text) if value_text.strip() else None
     except (yaml.YAMLError, RecursionError, ValueError) as exc:
         problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [repr(exc)])[0]
-        raise RecipeError(f"--set {key}", f"value is not valid YAML: {problem}") from None
+        raise RecipeError(f"--set {_name(key)}", f"value is not valid YAML: {problem}") from None
     return parts, value
 
 
@@ -908,7 +1099,8 @@ def apply_override(raw: dict, parts: list[str | int], value: Any) -> None:
     path = ""
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
-        path = f"{path}[{part}]" if isinstance(part, int) else (f"{path}.{part}" if path else part)
+        path = (f"{path}[{part}]" if isinstance(part, int)
+                else f"{path}.{_name(part)}" if path else _name(part))
         if isinstance(part, int):
             if not isinstance(node, list) or part >= len(node):
                 raise RecipeError(path, "no such list entry to override")
@@ -983,7 +1175,7 @@ def _refuse_duplicate_keys(root: yaml.Node, file: str) -> None:
                 if (not isinstance(key_node, yaml.ScalarNode)
                         or key_node.tag == "tag:yaml.org,2002:merge"):
                     continue
-                sub = f"{where}.{key_node.value}" if where else key_node.value
+                sub = f"{where}.{_name(key_node.value)}" if where else _name(key_node.value)
                 key = (key_node.tag, key_node.value)
                 line = key_node.start_mark.line + 1
                 if key in lines:
@@ -1007,7 +1199,9 @@ def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -
         parts, value = parse_override(text)
         apply_override(raw, parts, value)
     try:
-        return from_dict(raw)
+        recipe = from_dict(raw)
+        check_output(recipe.output)
+        return recipe
     except RecipeError as exc:
         if not exc.path:  # the top level: name the file
             raise RecipeError(os.fspath(path), exc.message) from None

@@ -13,6 +13,7 @@ from multiseg.recipe import (
     Recipe,
     RecipeError,
     apply_override,
+    check_output,
     dump,
     from_dict,
     load,
@@ -219,3 +220,260 @@ class TestOverrides:
     def test_index_out_of_range(self, tiny_raw):
         with pytest.raises(RecipeError, match="no such list entry"):
             apply_override(tiny_raw, ["heads", "mask", "loss", 5, "weight"], 1.0)
+
+
+def _head(raw, name, **changes):
+    raw["heads"][name].update(changes)
+    return raw
+
+
+class TestOptions:
+    """Loss and metric options keep their default's type; null means the default."""
+
+    def test_integer_option_stays_integer(self, tiny_raw):
+        # boundary_f1's tolerance defaults to 2 (an int); the metric refuses 2.0.
+        _head(tiny_raw, "boundary", metrics=[{"name": "boundary_f1", "tolerance": 3}])
+        _head(tiny_raw, "shape", metrics=[{"name": "top_k_accuracy", "k": 2}])
+        recipe = from_dict(tiny_raw)
+        tolerance = recipe.heads["boundary"].metrics[0].options["tolerance"]
+        assert tolerance == 3 and type(tolerance) is int
+        assert type(recipe.heads["shape"].metrics[0].options["k"]) is int
+        assert from_dict(yaml.safe_load(dump(recipe))) == recipe
+
+    def test_float_option_takes_an_integer(self, tiny_raw):
+        _head(tiny_raw, "boundary", loss={"name": "tversky", "alpha": 1, "beta": 0})
+        options = from_dict(tiny_raw).heads["boundary"].loss[0].options
+        assert options == {"alpha": 1.0, "beta": 0.0}
+        assert type(options["alpha"]) is float
+
+    def test_null_is_the_default(self, tiny_raw):
+        _head(tiny_raw, "boundary", loss={"name": "tversky", "alpha": None},
+              metrics=[{"name": "dice", "threshold": None}])
+        head = from_dict(tiny_raw).heads["boundary"]
+        assert head.loss[0].options == {} and head.metrics[0].options == {}
+
+    def test_threshold_in_the_open_unit_interval(self, tiny_raw):
+        _head(tiny_raw, "boundary", metrics=[{"name": "dice", "threshold": 0.3}])
+        assert from_dict(tiny_raw).heads["boundary"].metrics[0].options["threshold"] == 0.3
+
+    @pytest.mark.parametrize("head,entry,where,words", [
+        ("boundary", {"name": "boundary_f1", "tolerance": 2.0}, "metrics[0].tolerance",
+         "expected an integer, got a number"),
+        ("boundary", {"name": "boundary_f1", "tolerance": True}, "metrics[0].tolerance",
+         "expected an integer, got a boolean"),
+        ("shape", {"name": "top_k_accuracy", "k": 2.5}, "metrics[0].k", "expected an integer"),
+        ("boundary", {"name": "dice", "multilabel": 1}, "metrics[0].multilabel",
+         "expected a boolean"),
+        ("boundary", {"name": "dice", "threshold": 0}, "metrics[0].threshold", r"\(0, 1\)"),
+        ("boundary", {"name": "dice", "threshold": 1}, "metrics[0].threshold", r"\(0, 1\)"),
+        ("boundary", {"name": "dice", "threshold": -0.5}, "metrics[0].threshold", r"\(0, 1\)"),
+        ("boundary", {"name": "dice", "threshold": True}, "metrics[0].threshold",
+         "expected a number, got a boolean"),
+        ("mask", {"name": "dice", "threshold": 0.5}, "metrics[0].threshold",
+         "one-channel or multilabel"),
+        ("boundary", {"name": "dice", "weight": 1}, "metrics[0].weight", "unknown option"),
+    ], ids=lambda v: str(v) if not isinstance(v, dict) else "-".join(map(str, v.values())))
+    def test_metric_option_refused(self, tiny_raw, head, entry, where, words):
+        _head(tiny_raw, head, metrics=[entry])
+        with pytest.raises(RecipeError, match=words) as info:
+            from_dict(tiny_raw)
+        assert info.value.path == f"heads.{head}.{where}"
+
+    def test_loss_option_bool_is_not_a_number(self, tiny_raw):
+        _head(tiny_raw, "boundary", loss={"name": "tversky", "alpha": True})
+        with pytest.raises(RecipeError, match="expected a number, got a boolean") as info:
+            from_dict(tiny_raw)
+        assert info.value.path == "heads.boundary.loss.alpha"
+
+
+class TestMistakeOrder:
+    """A misspelled key is reported before the errors that its absence would cause."""
+
+    @pytest.mark.parametrize("path,value,where,words", [
+        # Without its `mode`, the label is dominant, and `bins` would be the error.
+        ("heads.shape.target", {"derive": "label", "from": "mask", "mdoe": "coverage",
+                                "bins": [0.5]}, "heads.shape.target.mdoe", "did you mean 'mode'"),
+        # Without `from`, the target reads `mask`, and the count mode would be the error.
+        ("heads.shape.target", {"derive": "label", "form": "mask", "mode": "count",
+                                "bins": [3]}, "heads.shape.target.form", "did you mean 'from'"),
+        # An unknown option comes before a bad value of a known one.
+        ("heads.mask.loss", [{"name": "dice", "squared": 1, "smoth": 1}],
+         "heads.mask.loss[0].smoth", "did you mean 'smooth'"),
+        ("data.augment", {"rotate90": True, "fl1p": "yes"}, "data.augment.fl1p",
+         "did you mean 'flip'"),
+        ("train", {"epochs": 0, "bach_size": 4}, "train.bach_size", "did you mean 'batch_size'"),
+        ("train.optimizer", {"name": "adam", "momentum": 0.9, "clipnrom": 1},
+         "train.optimizer.clipnrom", "did you mean 'clipnorm'"),
+        ("model", {"filters": [], "nrom": "batch"}, "model.nrom", "did you mean 'norm'"),
+        ("heads.mask", {"kind": "segmentation", "target": "mask", "classes": 3,
+                        "clases": 4}, "heads.mask.clases", "did you mean 'classes'"),
+    ])
+    def test_unknown_key_first(self, tiny_raw, path, value, where, words):
+        raw = _mutate(tiny_raw, path, value)
+        with pytest.raises(RecipeError, match=words) as info:
+            from_dict(raw)
+        assert info.value.path == where
+
+    def test_patches_misspelled_with_split_tiles(self):
+        with open(next(p for p in RECIPES if p.endswith("nuclei.yaml")), encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+        raw["data"]["ptaches"] = raw["data"].pop("patches")
+        with pytest.raises(RecipeError, match="did you mean 'patches'") as info:
+            from_dict(raw)
+        assert info.value.path == "data.ptaches"
+
+
+class TestLimits:
+    def test_bins_up_to_4096_classes(self, tiny_raw):
+        bins = [(i + 1) / 4096 for i in range(4095)]  # 4096 classes: the most a head takes
+        _head(tiny_raw, "shape", classes=None,
+              target={"derive": "label", "from": "mask", "mode": "coverage", "bins": bins})
+        assert from_dict(tiny_raw).heads["shape"].classes == 4096
+        tiny_raw["heads"]["shape"]["target"]["bins"] = [(i + 1) / 4097 for i in range(4096)]
+        with pytest.raises(RecipeError, match="4097 classes; a head has at most 4096") as info:
+            from_dict(tiny_raw)
+        assert info.value.path == "heads.shape.target.bins"
+
+    @pytest.mark.parametrize("options,where,words", [
+        ({"dense_above": -1}, "dense_above", r"\[0, 200\]"),
+        ({"dense_above": 201}, "dense_above", r"\[0, 200\]"),
+        ({"dense_above": 10**400}, "dense_above", r"\[0, 200\]"),
+        ({"min_cells": 201, "max_cells": 200}, "min_cells", r"\[0, 200\]"),
+        ({"min_cells": 5, "max_cells": 4}, "max_cells", r"min_cells \(5\)"),
+    ])
+    def test_cells_counts(self, tiny_raw, options, where, words):
+        tiny_raw["data"]["source"] = {"kind": "cells", **options}
+        tiny_raw["heads"] = {"cell": {"kind": "segmentation", "target": "mask"}}
+        with pytest.raises(RecipeError, match=words) as info:
+            from_dict(tiny_raw)
+        assert info.value.path == f"data.source.{where}"
+
+    def test_cells_dense_above_limits_accepted(self, tiny_raw):
+        tiny_raw["heads"] = {"cell": {"kind": "segmentation", "target": "mask"}}
+        for value in (0, 200):
+            tiny_raw["data"]["source"] = {"kind": "cells", "dense_above": value}
+            assert from_dict(tiny_raw).data.source.options["dense_above"] == value
+
+    @pytest.mark.parametrize("name,ok", [
+        ("m" * 64, True), ("m" * 65, False), ("mask_2", True), ("_mask", True),
+        ("m\u00e1scara", False), ("val", False), ("val_mask", False), ("valve", True),
+        ("total", False), ("learning", False), ("optimizer", False), ("trunk2", False),
+    ])
+    def test_head_names(self, tiny_raw, name, ok):
+        tiny_raw["heads"] = {name: tiny_raw["heads"]["mask"]}
+        if ok:
+            assert list(from_dict(tiny_raw).heads) == [name]
+            return
+        with pytest.raises(RecipeError, match="ASCII|at most 64|reserved") as info:
+            from_dict(tiny_raw)
+        assert info.value.path == f"heads.{name}"
+
+    def test_momentum_only_for_sgd_and_rmsprop(self, tiny_raw):
+        for name in ("sgd", "rmsprop"):
+            tiny_raw["train"]["optimizer"] = {"name": name, "momentum": 0.9}
+            assert from_dict(tiny_raw).train.optimizer.momentum == 0.9
+        for name in ("adam", "adamw"):
+            tiny_raw["train"]["optimizer"] = {"name": name, "momentum": 0.9}
+            with pytest.raises(RecipeError, match="sgd and rmsprop"):
+                from_dict(tiny_raw)
+
+    @pytest.mark.parametrize("activation,words", [
+        ("glu", "changes the shape"), ("threshold", "arguments"), ("Relu", "did you mean 'relu'"),
+        ("get", "unknown activation"),
+    ])
+    def test_activation(self, tiny_raw, activation, words):
+        tiny_raw["model"]["activation"] = activation
+        with pytest.raises(RecipeError, match=words):
+            from_dict(tiny_raw)
+
+
+class TestOutput:
+    """``load`` refuses a run directory that cannot be made; ``from_dict`` checks the text."""
+
+    def _load(self, raw, tmp_path):
+        path = tmp_path / "recipe.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        return load(path)
+
+    def test_existing_file_refused(self, tiny_raw, tmp_path):
+        taken = tmp_path / "taken"
+        taken.write_text("")
+        for output, words in ((taken, "existing file"), (taken / "run", "which is a file")):
+            tiny_raw["output"] = str(output)
+            with pytest.raises(RecipeError, match=words) as info:
+                self._load(tiny_raw, tmp_path)
+            assert info.value.path == "output"
+            assert from_dict(tiny_raw).output == str(output)  # the disk is load's concern
+
+    def test_new_and_existing_directories_accepted(self, tiny_raw, tmp_path):
+        for output in (tmp_path, tmp_path / "a" / "b"):
+            tiny_raw["output"] = str(output)
+            assert self._load(tiny_raw, tmp_path).output == str(output)
+
+    @pytest.mark.parametrize("output,words", [
+        ("  ", "non-empty"), ("runs/a\x00b", "control characters"),
+        ("runs/" + "r" * 256, "255 bytes")])
+    def test_bad_text(self, tiny_raw, output, words):
+        tiny_raw["output"] = output
+        with pytest.raises(RecipeError, match=words) as info:
+            from_dict(tiny_raw)
+        assert info.value.path == "output"
+
+    @pytest.mark.parametrize("output,words", [
+        ("", "non-empty"), ("runs/a\x00b", "control characters"), ("x" * 5000, "4096")])
+    def test_bad_paths(self, output, words):
+        with pytest.raises(RecipeError, match=words) as info:
+            check_output(output, where="--output")
+        assert info.value.path == "--output"
+
+    @pytest.mark.parametrize("name,words", [
+        ("..", "other than"), (".", "other than"), ("a\nb", "control"), ("a\x00b", "control")])
+    def test_run_name(self, tiny_raw, name, words):
+        tiny_raw["name"] = name
+        with pytest.raises(RecipeError, match=words):
+            from_dict(tiny_raw)
+
+
+class TestMessages:
+    def test_long_key_is_quoted_short(self, tiny_raw):
+        tiny_raw["train"]["x" * 10_000] = 1
+        with pytest.raises(RecipeError, match="unknown key") as info:
+            from_dict(tiny_raw)
+        assert info.value.path.startswith("train.'xxx") and "..." in info.value.path
+        assert len(str(info.value)) < 600
+
+    def test_source_message_quoting_a_long_path_is_short(self, tiny_raw):
+        tiny_raw["data"]["source"] = {"kind": "folder", "path": "/nowhere/" + "p" * 10_000}
+        with pytest.raises(RecipeError, match="no such folder") as info:
+            from_dict(tiny_raw)
+        assert info.value.path == "data.source.path" and len(str(info.value)) < 400
+
+    def test_one_line(self):
+        assert "\n" not in str(RecipeError("a.b", "first\nsecond"))
+
+
+class TestDocs:
+    """docs/recipes.md describes every key the recipe reader accepts."""
+
+    def test_every_key_is_documented(self):
+        import dataclasses as dc
+
+        from multiseg import recipe as r
+        from multiseg.data.sources import SOURCES
+
+        root = os.path.join(os.path.dirname(__file__), "..", "docs")
+        with open(os.path.join(root, "recipes.md"), encoding="utf-8") as handle:
+            text = handle.read()
+        keys = {f.name for spec in (r.Recipe, r.DataSpec, r.AugmentSpec, r.ModelSpec, r.HeadSpec,
+                                    r.OptimizerSpec, r.GradflowSpec, r.TrainSpec)
+                for f in dc.fields(spec)} - {"options"}
+        keys |= {"derive", "from", "width", "mode", "bins", "every", "weight"}
+        keys |= {k for source in SOURCES.values() for k in source.OPTIONS}
+        values = {*r.HEAD_KINDS, *r.NORMS, *r.UPSAMPLE_MODES, *r.OPTIMIZERS, *r.WEIGHTINGS,
+                  *r.DERIVATIONS, *r.BOUNDARY_MODES, *r.LABEL_MODES, *SOURCES, "whole", "tile",
+                  "random", "instances", "cosine", "constant", "stop", "skip",
+                  *r.RESERVED_HEAD_NAMES}
+        # As `key`, `section.key`, or key: in the example recipe.
+        missing = sorted(w for w in keys | values
+                         if not any(form in text for form in (f"`{w}", f".{w}`", f"{w}:")))
+        assert not missing, f"not in docs/recipes.md: {missing}"

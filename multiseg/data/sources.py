@@ -134,10 +134,15 @@ class Cells:
 
     @staticmethod
     def check_options(options: dict[str, Any]) -> tuple[str, str] | None:
-        if options["min_cells"] < 0:
-            return "min_cells", f"must be >= 0, got {options['min_cells']}"
-        if options["max_cells"] < options["min_cells"] or options["max_cells"] > 200:
-            return "max_cells", f"must be in [min_cells, 200], got {options['max_cells']}"
+        # Every count of cells lies in [0, 200], the most cells an image may hold.
+        if not 0 <= options["min_cells"] <= 200:
+            return "min_cells", f"must be in [0, 200], got {options['min_cells']}"
+        if not options["min_cells"] <= options["max_cells"] <= 200:
+            return "max_cells", (f"must be in [min_cells ({options['min_cells']}), 200], got"
+                                 f" {options['max_cells']}")
+        if not 0 <= options["dense_above"] <= 200:
+            return "dense_above", ("must be in [0, 200] (label 1 above this many cells), got"
+                                   f" {options['dense_above']}")
         if not 0 <= options["noise"] <= 1:
             return "noise", f"must be in [0, 1], got {options['noise']}"
         return None
