@@ -10,6 +10,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -160,8 +161,11 @@ class TestTool:
         assert open(TOOL).readline().strip() == "#!/usr/bin/env python3"
         out = tmp_path / "gf"
         sets = [arg for o in TINY_OVERRIDES for arg in ("--set", o)]
+        # The shebang finds the python3 of the environment the suite runs in, activated or not.
+        path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
         proc = subprocess.run([TOOL, "recipes/shapes.yaml", "--out", str(out), *sets],
-                              capture_output=True, text=True, cwd=REPO, timeout=300)
+                              capture_output=True, text=True, cwd=REPO, timeout=300,
+                              env={**os.environ, "PATH": path})
         assert proc.returncode == 0, proc.stderr
         assert "trunk.enc0.conv0" in proc.stdout and "cosine" in proc.stdout
         files = sorted(os.listdir(out))

@@ -12,12 +12,12 @@ from dataclasses import asdict, dataclass
 
 from multiseg.data.errors import DataError
 from multiseg.data.patches import RandomCrops, Stacked, Tiles, make_sets
-from multiseg.data.pipeline import Batches, HeadTarget, StepRange
+from multiseg.data.pipeline import Batches, HeadTarget, StepRange, stream_steps
 from multiseg.data.report import DataReport, class_frequencies, emit, rare_class_warnings
 from multiseg.data.sources import SOURCES, TargetInfo, generate, is_synthetic, source_targets
 
 __all__ = ["Batches", "Data", "DataError", "DataReport", "HeadTarget", "StepRange",
-           "TargetInfo", "build_data", "head_targets"]
+           "TargetInfo", "build_data", "head_targets", "stream_steps"]
 
 
 @dataclass

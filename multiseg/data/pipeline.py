@@ -8,14 +8,16 @@ a resumed run sees exactly the batches of an uninterrupted one.
 ``Batches`` is a ``keras.utils.PyDataset`` (``len()`` steps, ``batches[i]`` for the current
 epoch). ``Batches.dataset(start, stop)`` is what ``fit`` should consume for the global steps
 ``start..stop``: on the TensorFlow backend a ``tf.data`` pipeline (parallel map over steps,
-cache for fixed validation batches, prefetch); elsewhere, or without TensorFlow, a PyDataset
-whose batches are made by a thread pool. Both give identical arrays.
+cache for fixed validation batches, prefetch); elsewhere, or without TensorFlow, batches made
+ahead by a thread pool. Both give identical arrays.
 """
 
 from __future__ import annotations
 
+import collections
 import math
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import keras
@@ -174,8 +176,9 @@ class Batches(keras.utils.PyDataset):
             start, stop: global steps; batch ``g`` is batch ``g % len(self)`` of epoch
                 ``g // len(self)``, whatever order or look-ahead the consumer uses.
             pipeline: ``tf.data`` (parallel map, cache when batches never change, prefetch),
-                ``threads`` (a PyDataset filled by a thread pool; needs no TensorFlow) or
-                ``auto``: tf.data on the TensorFlow backend, threads otherwise.
+                ``threads`` (a thread pool, needs no TensorFlow: ``stream_steps`` for batches
+                that vary, a ``StepRange`` for fixed ones) or ``auto``: tf.data on the
+                TensorFlow backend, threads otherwise.
         """
         stop = self.steps if stop is None else stop
         if pipeline not in PIPELINES:
@@ -183,12 +186,39 @@ class Batches(keras.utils.PyDataset):
         if pipeline == "auto":
             pipeline = "tf.data" if keras.backend.backend() == "tensorflow" else "threads"
         if pipeline == "threads":
+            if self.varies:
+                return stream_steps(self, start, stop, workers=self.pool_workers)
             return StepRange(self, start, stop, workers=self.pool_workers)
         return _tf_dataset(self, start, stop)
 
 
+def stream_steps(batches: Batches, start: int, stop: int, *, workers: int = 2):
+    """Yields the batches of global steps ``start..stop`` in order, each made exactly once,
+    ``workers`` threads working a few steps ahead.
+
+    A generator, not a ``PyDataset``, for training sets: Keras restarts a PyDataset's worker
+    queue at item 0 every epoch (and after the first-batch look of JAX's ``fit``), which would
+    replay epoch 0's batches in every later epoch of a multi-epoch range. ``fit`` keeps one
+    generator going across epochs, and replays the batches it looked at first.
+    """
+    ahead = max(2, 2 * workers)
+    with ThreadPoolExecutor(workers, thread_name_prefix="multiseg-batches") as pool:
+        pending: collections.deque = collections.deque()
+        step = start
+        try:
+            while pending or step < stop:
+                while step < stop and len(pending) < ahead:
+                    pending.append(pool.submit(batches.global_batch, step))
+                    step += 1
+                yield pending.popleft().result()
+        finally:  # fit stopped early (Ctrl-C, a non-finite loss): drop the work ahead
+            for future in pending:
+                future.cancel()
+
+
 class StepRange(keras.utils.PyDataset):
-    """Global steps ``start..stop`` of a ``Batches``, made by ``workers`` threads."""
+    """Global steps ``start..stop`` of a ``Batches`` whose batches never change (validation),
+    made by ``workers`` threads; Keras replays them from the first at every pass."""
 
     def __init__(self, batches: Batches, start: int, stop: int, *, workers: int = 2):
         super().__init__(workers=workers, use_multiprocessing=False,
