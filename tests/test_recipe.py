@@ -33,6 +33,15 @@ class TestShippedRecipes:
     def test_there_are_recipes(self):
         assert len(RECIPES) >= 3
 
+    def test_readme_shows_the_default_recipe(self):
+        """The README's recipe block is recipes/shapes.yaml, not a copy that drifts from it."""
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        with open(os.path.join(root, "README.md"), encoding="utf-8") as handle:
+            readme = handle.read()
+        shown = readme.split("the default, in full:\n\n```yaml\n", 1)[1].split("```", 1)[0]
+        with open(os.path.join(root, "recipes", "shapes.yaml"), encoding="utf-8") as handle:
+            assert yaml.safe_load(shown) == yaml.safe_load(handle)
+
     @pytest.mark.parametrize("path", RECIPES, ids=os.path.basename)
     def test_resolved_round_trip(self, path):
         recipe = load(path)
