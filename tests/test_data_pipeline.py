@@ -181,7 +181,7 @@ class TestPipeline:
 
     def test_validation_is_fixed_and_cached(self, data):
         assert not data.val.varies
-        first = [x.numpy() for x, _ in data.val.dataset()]
+        first = [x.numpy() for x, _ in data.val.dataset(pipeline="tf.data")]
         data.val.set_epoch(5)
         np.testing.assert_array_equal(np.concatenate(first), np.concatenate(
             [data.val[i][0] for i in range(len(data.val))]))

@@ -156,6 +156,17 @@ class TestFiles:
 
 
 class TestTool:
+    def test_without_the_environment_says_how_to_run_it(self, tmp_path):
+        """Run by a python3 that lacks Keras: exit 2 and what to do, not a traceback."""
+        script = ("import runpy, sys; sys.modules['keras'] = None;"
+                  f" sys.argv = [{TOOL!r}, 'recipes/shapes.yaml', '--out', {str(tmp_path)!r}];"
+                  f" runpy.run_path({TOOL!r}, run_name='__main__')")
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              cwd=REPO, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        assert "has no module 'keras'" in proc.stderr and ".venv/bin/activate" in proc.stderr
+        assert "Traceback" not in proc.stderr
+
     def test_runs_end_to_end_as_a_script(self, tmp_path):
         assert os.access(TOOL, os.X_OK)
         assert open(TOOL).readline().strip() == "#!/usr/bin/env python3"
