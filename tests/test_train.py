@@ -125,6 +125,20 @@ class TestTotalLoss:
             compile_model(model, broken)
 
 
+class TestShippedRecipes:
+    # The synthetic recipes besides the default (CI's smoke run) and nuclei (test_data_pipeline),
+    # cut to a few small batches: their heads, losses and sources still fit the code.
+    @pytest.mark.parametrize("name", ["cells", "cardiac"])
+    def test_trains_a_few_steps(self, tmp_path, name):
+        recipe = load(os.path.join(REPO, "recipes", f"{name}.yaml"), [
+            "train.epochs=1", "data.train=8", "data.val=4", "train.batch_size=4",
+            f"output={tmp_path / name}"])
+        result = train(recipe, verbose=0)
+        assert set(result.metrics["val"]) == {*recipe.heads, "total"}
+        assert np.isfinite(result.metrics["val"]["total"]["loss"])
+        assert (tmp_path / name / "model.keras").is_file()
+
+
 class TestResume:
     def test_continue_with_more_epochs(self, tiny_raw):
         tiny_raw["data"]["train"] = 8
