@@ -293,11 +293,13 @@ def _suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
 class _Section:
     """Reads one mapping of the recipe, remembering its path and the keys used."""
 
-    def __init__(self, raw: Any, path: str):
+    def __init__(self, raw: Any, path: str, expected: str = "a mapping"):
+        # ``expected`` says what belongs here, with an example, for the error on a non-mapping.
         if raw is None:
             raw = {}
         if not isinstance(raw, Mapping):
-            raise RecipeError(path, f"expected a mapping, got {_type_name(raw)}")
+            raise RecipeError(path, f"expected {expected}, got {_type_name(raw)}"
+                              f" ({_show(raw)})")
         for key in raw:
             if not isinstance(key, str):
                 raise RecipeError(path, f"keys must be strings, got {_type_name(key)}"
@@ -317,8 +319,8 @@ class _Section:
         self.used.add(key)
         return self.raw.get(key, default)
 
-    def section(self, key: str) -> _Section:
-        return _Section(self.raw_value(key), self.sub(key))
+    def section(self, key: str, expected: str = "a mapping") -> _Section:
+        return _Section(self.raw_value(key), self.sub(key), expected)
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any = ...,
             check: Callable[[Any], str | None] | None = None) -> Any:
@@ -347,7 +349,8 @@ class _Section:
 
     def expect(self, *keys: str) -> None:
         """Declares the keys this mapping may hold and refuses any other at once: a misspelled
-        key is usually the cause of the errors that would follow it, so it is reported first."""
+        key is usually the cause of the errors that would follow it, so it is reported first.
+        It takes the place of ``finish``."""
         self.used.update(keys)
         self.finish()
 
@@ -439,11 +442,8 @@ def _read_data(sec: _Section) -> DataSpec:
         raise RecipeError(src_path, f"is required. Built-in sources: {', '.join(SOURCES)}")
     if isinstance(raw_source, str):
         raw_source = {"kind": raw_source}
-    if not isinstance(raw_source, Mapping):
-        raise RecipeError(src_path, f"expected a source name ({', '.join(SOURCES)}) or a"
-                          " mapping such as {kind: folder, path: data/my_set}, got"
-                          f" {_type_name(raw_source)} ({_show(raw_source)})")
-    src = _Section(raw_source, src_path)
+    src = _Section(raw_source, src_path, f"a source name ({', '.join(SOURCES)}) or a mapping"
+                   " such as {kind: folder, path: data/my_set}")
     kind = src.choice("kind", tuple(SOURCES))
     allowed = source_options(kind)
     src.expect("kind", *allowed)
@@ -469,11 +469,7 @@ def _read_data(sec: _Section) -> DataSpec:
         # File sources: the files decide; train/val set samples per epoch (or at most).
         train = sec.get("train", int, None, count_check)
         val = sec.get("val", int, None, count_check)
-    aug_raw = sec.raw_value("augment")
-    if aug_raw is not None and not isinstance(aug_raw, Mapping):
-        raise RecipeError(sec.sub("augment"), "expected a mapping of transforms such as {flip:"
-                          f" true, rotate: 15}}, got {_type_name(aug_raw)} ({_show(aug_raw)})")
-    aug = _Section(aug_raw, sec.sub("augment"))
+    aug = sec.section("augment", "a mapping of transforms such as {flip: true, rotate: 15}")
     aug.expect("flip", "rotate90", *_AUGMENT_LIMITS)
     values: dict[str, Any] = {"flip": aug.get("flip", bool, False),
                               "rotate90": aug.get("rotate90", bool, False)}
@@ -495,7 +491,6 @@ def _read_data(sec: _Section) -> DataSpec:
     if options.get("split") == "tiles" and patches == "whole":
         raise RecipeError(f"{src_path}.split", "split: tiles holds out tiles of every image:"
                           " set data.patches to tile or random")
-    sec.finish()
     return DataSpec(source=SourceSpec(kind, options), image_size=size, train=train, val=val,
                     augment=augment, patches=patches, tile_overlap=overlap)
 
@@ -532,7 +527,6 @@ def _read_model(sec: _Section) -> ModelSpec:
             message = (f"activation {_show(spec.activation)} {problem}; the trunk needs a"
                        f" shape-preserving function of one argument {known}")
         raise RecipeError(sec.sub("activation"), message)
-    sec.finish()
     return spec
 
 
@@ -599,7 +593,6 @@ def _read_target(raw: Any, path: str, source_targets: Mapping[str, Any]) -> Targ
             options["bins"] = _read_bins(sec, mode)
         elif sec.has("bins"):
             raise RecipeError(sec.sub("bins"), f"applies to mode: count or coverage, not {mode}")
-    sec.finish()
     return TargetSpec(source=src, derive=derive, options=options)
 
 
@@ -885,7 +878,6 @@ def _read_head(name: str, sec: _Section, levels: int, source_targets: Mapping[st
     loss_weight = sec.get("loss_weight", float, 1.0, _all(_non_negative, _at_most(1e6)))
     metrics = _read_metrics(sec.raw_value("metrics"), sec.sub("metrics"), kind, classes)
     grad_scale = sec.get("grad_scale", float, 1.0, _all(_non_negative, _at_most(1e3)))
-    sec.finish()
     return HeadSpec(name=name, kind=kind, classes=classes, attach=attach, branch=branch,
                     target=target, loss=loss, loss_weight=loss_weight, metrics=metrics,
                     grad_scale=grad_scale)
@@ -896,12 +888,8 @@ def _read_train(sec: _Section) -> TrainSpec:
     opt_raw = sec.raw_value("optimizer")
     if isinstance(opt_raw, str):
         opt_raw = {"name": opt_raw}
-    if opt_raw is not None and not isinstance(opt_raw, Mapping):
-        raise RecipeError(sec.sub("optimizer"), "expected an optimizer name"
-                          f" ({', '.join(OPTIMIZERS)}) or a mapping such as {{name: adam,"
-                          " learning_rate: 1.0e-3}, got"
-                          f" {_type_name(opt_raw)} ({_show(opt_raw)})")
-    opt = _Section(opt_raw, sec.sub("optimizer"))
+    opt = _Section(opt_raw, sec.sub("optimizer"), f"an optimizer name ({', '.join(OPTIMIZERS)})"
+                   " or a mapping such as {name: adam, learning_rate: 1.0e-3}")
     opt.expect(*(f.name for f in dataclasses.fields(OptimizerSpec)))
     optimizer = OptimizerSpec(
         name=opt.choice("name", OPTIMIZERS, "adam"),
@@ -913,18 +901,14 @@ def _read_train(sec: _Section) -> TrainSpec:
     if optimizer.momentum is not None and optimizer.name not in ("sgd", "rmsprop"):
         raise RecipeError(opt.sub("momentum"), f"applies to sgd and rmsprop, not"
                           f" {optimizer.name} (whose moments are its own)")
-    opt.finish()
     gf_raw = sec.raw_value("gradflow")
     if isinstance(gf_raw, int) and not isinstance(gf_raw, bool):
         gf_raw = {"every": gf_raw}
-    if gf_raw is not None and not isinstance(gf_raw, Mapping):
-        raise RecipeError(sec.sub("gradflow"), "expected a number of steps or a mapping such as"
-                          f" {{every: 200}}, got {_type_name(gf_raw)} ({_show(gf_raw)})")
-    gf = _Section(gf_raw, sec.sub("gradflow"))
+    gf = _Section(gf_raw, sec.sub("gradflow"),
+                  "a number of steps or a mapping such as {every: 200}")
     gf.expect("every")
     gradflow = GradflowSpec(every=gf.get("every", int, 0, _all(_non_negative,
                                                                _at_most(10_000_000))))
-    gf.finish()
     spec = TrainSpec(
         epochs=sec.get("epochs", int, 10, _all(_positive, _at_most(100_000))),
         batch_size=sec.get("batch_size", int, 16, _all(_positive, _at_most(65_536))),
@@ -939,7 +923,6 @@ def _read_train(sec: _Section) -> TrainSpec:
         max_skipped_steps=sec.get("max_skipped_steps", int, 10, _all(_positive,
                                                                      _at_most(1_000_000))),
     )
-    sec.finish()
     return spec
 
 
@@ -1049,12 +1032,9 @@ def from_dict(raw: Any, *, where: str = "") -> Recipe:
         problem = _check_head_name(head_name)
         if problem:
             raise RecipeError(head_path, problem)
-        head_raw = heads_sec.raw_value(head_name)
-        if head_raw is not None and not isinstance(head_raw, Mapping):
-            raise RecipeError(head_path, "expected a head: a mapping such as {kind: segmentation,"
-                              f" target: mask}}, got {_type_name(head_raw)} ({_show(head_raw)})")
-        heads[head_name] = _read_head(head_name, heads_sec.section(head_name),
-                                      len(model.filters), s_targets)
+        head = heads_sec.section(head_name, "a head: a mapping such as {kind: segmentation,"
+                                 " target: mask}")
+        heads[head_name] = _read_head(head_name, head, len(model.filters), s_targets)
     if all(head.loss_weight == 0 for head in heads.values()):
         raise RecipeError("heads", "every head has loss_weight 0: nothing would be trained")
     train = _read_train(top.section("train"))

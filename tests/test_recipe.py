@@ -125,6 +125,13 @@ BAD_CASES = [
     ("seed", -1, r"seed", ">= 0"),
     ("name", "a/b", r"name", "without '/'"),
     ("version", 2, r"version", "version 1"),
+    # A value where a mapping belongs: what belongs there, with an example, and what was given.
+    ("data.source", 5, r"data\.source$", r"a source name \(shapes, .*got an integer \(5\)"),
+    ("data.augment", [1], r"data\.augment$", r"transforms such as \{flip: true.*got a list"),
+    ("train.optimizer", 3.5, r"train\.optimizer$", r"optimizer name \(adam, .*got a number"),
+    ("train.gradflow", "x", r"train\.gradflow$", r"number of steps or .*\{every: 200\}"),
+    ("heads.mask", [1], r"heads\.mask$", r"expected a head: a mapping such as \{kind:"),
+    ("model", [1], r"model$", r"expected a mapping, got a list \(\[1\]\)"),
 ]
 
 
