@@ -25,7 +25,9 @@ Conventions shared by every loss (written out once here, repeated in ``docs/loss
   overflow).
 - An empty class (absent from the target and from the prediction) scores a perfect ratio of 1:
   the smoothing terms give (0 + s) / (0 + s) = 1, and with zero smoothing the 0 / 0 case is
-  defined as 1 explicitly.
+  defined as 1 explicitly. Dice, Jaccard and (focal) Tversky leave a class absent from the
+  target out of the class mean by default (``ignore_empty=True``): a soft prediction never puts
+  exactly 0 on it, so it would score about 0 and floor the loss at about absent / classes.
 - ``include_background`` concerns softmax heads only: binary and multilabel heads have no
   background channel.
 - Label values are not range-checked inside the graph (a label outside [0, C) one-hot encodes
@@ -227,8 +229,22 @@ def _class_weights(channels: int, class_weights: tuple[float, ...] | None,
     return ops.convert_to_tensor(np.asarray(weights, dtype="float32"))
 
 
-def _class_mean(values: Any, weights: Any) -> Any:
-    return ops.sum(values * weights, axis=-1) / ops.sum(weights)
+def _class_mean(values: Any, weights: Any, present: Any = None, *, fill: float) -> Any:
+    """Weighted mean over the class axis.
+
+    With ``present`` (booleans shaped like ``values``: the class occurs in the target), absent
+    classes are left out of the mean; where no weighted class is present the result is
+    ``fill`` (the value of a perfect prediction: the sample has nothing to segment).
+    """
+    if present is None:
+        return ops.sum(values * weights, axis=-1) / ops.sum(weights)
+    w = weights * ops.cast(present, "float32")
+    total = ops.sum(w, axis=-1)
+    some = total > 0
+    mean = ops.sum(values * w, axis=-1) / ops.where(some, total, ops.ones_like(total))
+    # `0 * sum`: a NaN from the model still reaches the loss of a sample with nothing present
+    # (and `values * w` keeps a NaN of a left-out class: 0 * NaN is NaN).
+    return ops.where(some, mean, fill + 0.0 * ops.sum(values * weights, axis=-1))
 
 
 def _ratio(num: Any, den: Any) -> Any:
@@ -275,7 +291,7 @@ def _clip(x: Any, low: float, high: float) -> Any:
 def dice(y_true: Any, y_pred: Any, *, from_logits: bool = False, smooth_nr: float = 1e-5,
          smooth_dr: float = 1e-5, squared: bool = False, per_sample: bool = True,
          include_background: bool = True, class_weights: Sequence[float] | None = None,
-         multilabel: bool = False) -> Any:
+         ignore_empty: bool = True, multilabel: bool = False) -> Any:
     """Soft Dice loss per sample; see ``Dice`` for the formula and arguments. Returns (N,)."""
     owner = "dice"
     g = _targets(y_true, y_pred, multilabel=multilabel, owner=owner)
@@ -289,13 +305,14 @@ def dice(y_true: Any, y_pred: Any, *, from_logits: bool = False, smooth_nr: floa
     else:
         total = ops.sum(p, axis=axes) + ops.sum(g, axis=axes)
     score = _ratio(2.0 * inter + smooth_nr, total + smooth_dr)
-    return _per_sample(1.0 - _class_mean(score, weights), y_pred, per_sample)
+    present = ops.sum(g, axis=axes) > 0 if ignore_empty else None
+    return _per_sample(1.0 - _class_mean(score, weights, present, fill=1.0), y_pred, per_sample)
 
 
 def jaccard(y_true: Any, y_pred: Any, *, from_logits: bool = False, smooth_nr: float = 1e-5,
             smooth_dr: float = 1e-5, squared: bool = False, per_sample: bool = True,
             include_background: bool = True, class_weights: Sequence[float] | None = None,
-            multilabel: bool = False) -> Any:
+            ignore_empty: bool = True, multilabel: bool = False) -> Any:
     """Soft Jaccard (IoU) loss per sample; see ``Jaccard``. Returns (N,)."""
     owner = "jaccard"
     g = _targets(y_true, y_pred, multilabel=multilabel, owner=owner)
@@ -309,7 +326,8 @@ def jaccard(y_true: Any, y_pred: Any, *, from_logits: bool = False, smooth_nr: f
     else:
         total = ops.sum(p, axis=axes) + ops.sum(g, axis=axes)
     score = _ratio(inter + smooth_nr, total - inter + smooth_dr)
-    return _per_sample(1.0 - _class_mean(score, weights), y_pred, per_sample)
+    present = ops.sum(g, axis=axes) > 0 if ignore_empty else None
+    return _per_sample(1.0 - _class_mean(score, weights, present, fill=1.0), y_pred, per_sample)
 
 
 def generalized_dice(y_true: Any, y_pred: Any, *, from_logits: bool = False,
@@ -347,7 +365,8 @@ def generalized_dice(y_true: Any, y_pred: Any, *, from_logits: bool = False,
 def tversky(y_true: Any, y_pred: Any, *, from_logits: bool = False, alpha: float = 0.3,
             beta: float = 0.7, gamma: float = 1.0, smooth_nr: float = 1e-5,
             smooth_dr: float = 1e-5, per_sample: bool = True, include_background: bool = True,
-            class_weights: Sequence[float] | None = None, multilabel: bool = False) -> Any:
+            class_weights: Sequence[float] | None = None, ignore_empty: bool = True,
+            multilabel: bool = False) -> Any:
     """Tversky loss (``gamma`` = 1) or focal Tversky loss; see ``Tversky``. Returns (N,).
 
     ``alpha`` weights false positives and ``beta`` false negatives (Salehi et al. 2017).
@@ -365,7 +384,8 @@ def tversky(y_true: Any, y_pred: Any, *, from_logits: bool = False, alpha: float
     # Clip at 0: rounding can leave 1 - index a hair below 0, and a fractional power of a
     # negative number is NaN.
     per_class = _power(_clip(1.0 - index, 0.0, math.inf), gamma)
-    return _per_sample(_class_mean(per_class, weights), y_pred, per_sample)
+    present = ops.sum(g, axis=axes) > 0 if ignore_empty else None
+    return _per_sample(_class_mean(per_class, weights, present, fill=0.0), y_pred, per_sample)
 
 
 def focal(y_true: Any, y_pred: Any, *, from_logits: bool = False, gamma: float = 2.0,
@@ -521,8 +541,8 @@ class _RegionLoss(_SegmentationLoss):
 
     def __init__(self, *, from_logits: bool, smooth: float | None, smooth_nr: float,
                  smooth_dr: float, per_sample: bool, include_background: bool,
-                 class_weights: Sequence[float] | None, multilabel: bool, name: str | None,
-                 reduction: str | None, dtype: Any) -> None:
+                 class_weights: Sequence[float] | None, ignore_empty: bool, multilabel: bool,
+                 name: str | None, reduction: str | None, dtype: Any) -> None:
         super().__init__(from_logits=from_logits, multilabel=multilabel, name=name,
                          reduction=reduction, dtype=dtype)
         owner = type(self).__name__
@@ -530,11 +550,12 @@ class _RegionLoss(_SegmentationLoss):
         self.per_sample = _check_bool(owner, "per_sample", per_sample)
         self.include_background = _check_bool(owner, "include_background", include_background)
         self.class_weights = _check_weights(owner, "class_weights", class_weights)
+        self.ignore_empty = _check_bool(owner, "ignore_empty", ignore_empty)
 
     def _options(self) -> dict[str, Any]:
         return {"smooth_nr": self.smooth_nr, "smooth_dr": self.smooth_dr,
                 "per_sample": self.per_sample, "include_background": self.include_background,
-                "class_weights": self.class_weights}
+                "class_weights": self.class_weights, "ignore_empty": self.ignore_empty}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -549,8 +570,14 @@ class Dice(_RegionLoss):
         loss = 1 - sum_c w_c * D_c / sum_c w_c        (then the mean over samples)
 
     with w_c = ``class_weights`` (default 1) and w_0 = 0 when ``include_background=False``.
-    Two empty masks give D = 1 and loss 0 (smoothing gives s / s; with zero smoothing the 0 / 0
-    case is defined as 1). Unlike ``keras.losses.Dice`` the ratio is per class, not pooled over
+    With ``ignore_empty=True`` (the default) the class mean runs over the classes present in
+    the sample's target (the batch's with ``per_sample=False``), and a sample with no included
+    class present scores loss 0. With ``ignore_empty=False`` an absent class scores
+    D_c = smooth_nr / (sum(p) + smooth_dr), about 0 for any soft prediction, so the loss has a
+    floor of about sum_{absent c} w_c / sum_c w_c (absent classes / classes) that training
+    cannot lower; its gradient, smooth_nr / (sum(p) + smooth_dr)^2, is nearly 0.
+    Two empty masks give D = 1 (smoothing gives s / s; with zero smoothing the 0 / 0 case is
+    defined as 1). Unlike ``keras.losses.Dice`` the ratio is per class, not pooled over
     classes, and the numerator is smoothed too.
 
     Args:
@@ -565,6 +592,9 @@ class Dice(_RegionLoss):
         include_background: keep channel 0 in the class mean (multi-class only; a binary head's
             single channel is always the foreground). Default True.
         class_weights: one non-negative weight per channel for the class mean. Default None.
+        ignore_empty: leave classes absent from the target (per sample, or over the batch
+            with ``per_sample=False``) out of the class mean; a sample with no included class
+            present scores 0. Default True (see above for the floor it removes).
         multilabel: C > 1 channels are independent sigmoid outputs. Default False.
         name, reduction, dtype: as ``keras.losses.Loss``.
 
@@ -586,13 +616,14 @@ class Dice(_RegionLoss):
     def __init__(self, *, from_logits: bool = False, smooth: float | None = None,
                  smooth_nr: float = _DEFAULT_SMOOTH, smooth_dr: float = _DEFAULT_SMOOTH,
                  squared: bool = False, per_sample: bool = True, include_background: bool = True,
-                 class_weights: Sequence[float] | None = None, multilabel: bool = False,
-                 name: str | None = "dice", reduction: str | None = "sum_over_batch_size",
-                 dtype: Any = None) -> None:
+                 class_weights: Sequence[float] | None = None, ignore_empty: bool = True,
+                 multilabel: bool = False, name: str | None = "dice",
+                 reduction: str | None = "sum_over_batch_size", dtype: Any = None) -> None:
         super().__init__(from_logits=from_logits, smooth=smooth, smooth_nr=smooth_nr,
                          smooth_dr=smooth_dr, per_sample=per_sample,
                          include_background=include_background, class_weights=class_weights,
-                         multilabel=multilabel, name=name, reduction=reduction, dtype=dtype)
+                         ignore_empty=ignore_empty, multilabel=multilabel, name=name,
+                         reduction=reduction, dtype=dtype)
         self.squared = _check_bool(type(self).__name__, "squared", squared)
 
     def _options(self) -> dict[str, Any]:
@@ -613,12 +644,13 @@ class Jaccard(_RegionLoss):
         J_c  = (I_c + smooth_nr) / (U_c + smooth_dr)
         loss = 1 - sum_c w_c * J_c / sum_c w_c
 
-    Same arguments, defaults and empty-mask behaviour as ``Dice``. Note that MONAI's
-    ``DiceLoss(jaccard=True)`` needs a smoothing of ``2 * s`` to equal this formula with ``s``.
+    Same arguments, defaults and empty-class behaviour (``ignore_empty``) as ``Dice``. Note
+    that MONAI's ``DiceLoss(jaccard=True)`` needs a smoothing of ``2 * s`` to equal this
+    formula with ``s``.
 
     Args:
         from_logits, smooth, smooth_nr, smooth_dr, squared, per_sample, include_background,
-        class_weights, multilabel, name, reduction, dtype: as ``Dice``.
+        class_weights, ignore_empty, multilabel, name, reduction, dtype: as ``Dice``.
 
     Shape:
         As ``Dice``; ``call`` returns (N,).
@@ -636,13 +668,14 @@ class Jaccard(_RegionLoss):
     def __init__(self, *, from_logits: bool = False, smooth: float | None = None,
                  smooth_nr: float = _DEFAULT_SMOOTH, smooth_dr: float = _DEFAULT_SMOOTH,
                  squared: bool = False, per_sample: bool = True, include_background: bool = True,
-                 class_weights: Sequence[float] | None = None, multilabel: bool = False,
-                 name: str | None = "jaccard", reduction: str | None = "sum_over_batch_size",
-                 dtype: Any = None) -> None:
+                 class_weights: Sequence[float] | None = None, ignore_empty: bool = True,
+                 multilabel: bool = False, name: str | None = "jaccard",
+                 reduction: str | None = "sum_over_batch_size", dtype: Any = None) -> None:
         super().__init__(from_logits=from_logits, smooth=smooth, smooth_nr=smooth_nr,
                          smooth_dr=smooth_dr, per_sample=per_sample,
                          include_background=include_background, class_weights=class_weights,
-                         multilabel=multilabel, name=name, reduction=reduction, dtype=dtype)
+                         ignore_empty=ignore_empty, multilabel=multilabel, name=name,
+                         reduction=reduction, dtype=dtype)
         self.squared = _check_bool(type(self).__name__, "squared", squared)
 
     def _options(self) -> dict[str, Any]:
@@ -736,14 +769,16 @@ class Tversky(_RegionLoss):
     ``alpha`` weights FALSE POSITIVES and ``beta`` FALSE NEGATIVES, as in Salehi et al. 2017
     (``keras.losses.Tversky`` 3.15 swaps them). alpha = beta = 0.5 is Dice; beta > alpha favours
     recall (thin or small structures). Per class, not pooled: with pooled softmax classes total
-    FP equals total FN and alpha, beta would have no effect.
+    FP equals total FN and alpha, beta would have no effect. With ``ignore_empty=True`` (the
+    default) classes absent from the target are left out of the class mean, as in ``Dice``;
+    with False an absent class adds about w_c / sum_c w_c to the loss (TI_c ~ 0).
 
     Args:
         from_logits: ``y_pred`` are logits. Default False.
         alpha: weight of false positives, >= 0. Default 0.3 (Salehi's best setting).
         beta: weight of false negatives, >= 0. Default 0.7.
         smooth, smooth_nr, smooth_dr, per_sample, include_background, class_weights,
-        multilabel, name, reduction, dtype: as ``Dice``.
+        ignore_empty, multilabel, name, reduction, dtype: as ``Dice``.
 
     Shape:
         As ``Dice``; ``call`` returns (N,).
@@ -763,12 +798,13 @@ class Tversky(_RegionLoss):
                  smooth: float | None = None, smooth_nr: float = _DEFAULT_SMOOTH,
                  smooth_dr: float = _DEFAULT_SMOOTH, per_sample: bool = True,
                  include_background: bool = True, class_weights: Sequence[float] | None = None,
-                 multilabel: bool = False, name: str | None = "tversky",
+                 ignore_empty: bool = True, multilabel: bool = False, name: str | None = "tversky",
                  reduction: str | None = "sum_over_batch_size", dtype: Any = None) -> None:
         super().__init__(from_logits=from_logits, smooth=smooth, smooth_nr=smooth_nr,
                          smooth_dr=smooth_dr, per_sample=per_sample,
                          include_background=include_background, class_weights=class_weights,
-                         multilabel=multilabel, name=name, reduction=reduction, dtype=dtype)
+                         ignore_empty=ignore_empty, multilabel=multilabel, name=name,
+                         reduction=reduction, dtype=dtype)
         owner = type(self).__name__
         self.alpha = _check_number(owner, "alpha", alpha, low=0.0)
         self.beta = _check_number(owner, "beta", beta, low=0.0)
@@ -803,7 +839,7 @@ class FocalTversky(Tversky):
         beta: weight of false negatives. Default 0.7.
         gamma: exponent, > 0. Default 0.75.
         smooth, smooth_nr, smooth_dr, per_sample, include_background, class_weights,
-        multilabel, name, reduction, dtype: as ``Dice``.
+        ignore_empty, multilabel, name, reduction, dtype: as ``Dice``.
 
     Shape:
         As ``Dice``; ``call`` returns (N,).
@@ -823,13 +859,14 @@ class FocalTversky(Tversky):
                  gamma: float = 0.75, smooth: float | None = None,
                  smooth_nr: float = _DEFAULT_SMOOTH, smooth_dr: float = _DEFAULT_SMOOTH,
                  per_sample: bool = True, include_background: bool = True,
-                 class_weights: Sequence[float] | None = None, multilabel: bool = False,
-                 name: str | None = "focal_tversky",
+                 class_weights: Sequence[float] | None = None, ignore_empty: bool = True,
+                 multilabel: bool = False, name: str | None = "focal_tversky",
                  reduction: str | None = "sum_over_batch_size", dtype: Any = None) -> None:
         super().__init__(from_logits=from_logits, alpha=alpha, beta=beta, smooth=smooth,
                          smooth_nr=smooth_nr, smooth_dr=smooth_dr, per_sample=per_sample,
                          include_background=include_background, class_weights=class_weights,
-                         multilabel=multilabel, name=name, reduction=reduction, dtype=dtype)
+                         ignore_empty=ignore_empty, multilabel=multilabel, name=name,
+                         reduction=reduction, dtype=dtype)
         self.gamma = _check_number(type(self).__name__, "gamma", gamma, low=0.0,
                                    low_open=True)
 

@@ -1,10 +1,11 @@
 """Hard segmentation and classification metrics, streamed over batches.
 
-Every metric turns ``y_pred`` into hard decisions (argmax over C > 1 channels; a threshold for
-one channel or ``multilabel`` channels: 0 on logits, 0.5 on probabilities) and accumulates
-counts (true positives, false positives, false negatives, matched boundary pixels...) in metric
-variables across batches. ``result()`` computes the ratios from the totals, so an epoch value
-is the value over the whole epoch, never a mean of batch means.
+Every metric turns ``y_pred`` into hard decisions (argmax over C > 1 channels; for one channel
+or ``multilabel`` channels, probability > ``threshold``, default 0.5, where the probability of a
+logit is its sigmoid) and accumulates counts (true positives, false positives, false negatives,
+matched boundary pixels...) in metric variables across batches. ``result()`` computes the
+ratios from the totals, so an epoch value is the value over the whole epoch, never a mean of
+batch means.
 
 Inputs follow ``multiseg.losses``: ``y_pred`` channels-last logits or probabilities as
 ``from_logits`` says, ``y_true`` integer labels (possibly as floats), one-hot, or a binary
@@ -20,6 +21,8 @@ while the class is present somewhere (precision when nothing was predicted) scor
 from __future__ import annotations
 
 import difflib
+import inspect
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,6 +40,8 @@ from multiseg.losses import (
 )
 
 _PACKAGE = "multiseg"
+# Probability above which a one-channel or multilabel output counts as positive.
+_DEFAULT_THRESHOLD = 0.5
 
 
 def _check_int(owner: str, arg: str, value: Any, *, low: int,
@@ -60,14 +65,31 @@ def _pixel_weights(sample_weight: Any, grid_shape: tuple[Any, ...], rank: int) -
     return ops.broadcast_to(w, grid_shape)
 
 
+def _check_threshold(owner: str, threshold: Any) -> float | None:
+    if threshold is None:
+        return None
+    value = _check_number(owner, "threshold", threshold)
+    if not 0.0 < value < 1.0:
+        raise _fail(owner, "threshold", threshold, "a probability in (0, 1) (a logit goes"
+                    " through its sigmoid before the cut)")
+    return value
+
+
 def _hard(y_true: Any, y_pred: Any, *, from_logits: bool, threshold: float | None,
           multilabel: bool, owner: str) -> tuple[Any, Any]:
-    """Hard one-hot (or binary) target and prediction, float32, shaped like ``y_pred``."""
+    """Hard one-hot (or binary) target and prediction, float32, shaped like ``y_pred``.
+
+    One channel or multilabel: positive where the probability exceeds ``threshold`` (None:
+    0.5); for logits that is ``sigmoid(z) > t``, computed as ``z > log(t / (1 - t))``, the
+    same decision without sigmoid rounding to 1 for large z.
+    """
     g = _targets(y_true, y_pred, multilabel=multilabel, owner=owner)
     y_pred = ops.cast(y_pred, "float32")
     channels = y_pred.shape[-1]
     if channels == 1 or multilabel:
-        cut = threshold if threshold is not None else (0.0 if from_logits else 0.5)
+        cut = _DEFAULT_THRESHOLD if threshold is None else threshold
+        if from_logits:
+            cut = math.log(cut / (1.0 - cut))
         return ops.cast(g > 0.5, "float32"), ops.cast(y_pred > cut, "float32")
     hard_g = ops.one_hot(ops.argmax(g, axis=-1), channels, dtype="float32")
     return hard_g, ops.one_hot(ops.argmax(y_pred, axis=-1), channels, dtype="float32")
@@ -96,8 +118,7 @@ class _ClassMetric(keras.metrics.Metric):
         self.include_background = _check_bool(owner, "include_background", include_background)
         self.class_id = (None if class_id is None
                          else _check_int(owner, "class_id", class_id, low=0, high=self.classes))
-        self.threshold = (None if threshold is None
-                          else _check_number(owner, "threshold", threshold))
+        self.threshold = _check_threshold(owner, threshold)
         self.multilabel = _check_bool(owner, "multilabel", multilabel)
 
     def _check_pred(self, y_pred: Any) -> None:
@@ -168,14 +189,15 @@ class _ConfusionMetric(_ClassMetric):
 _CLASS_ARGS_DOC = """
     Args:
         classes: output channels of the head (1 = binary). Required.
-        from_logits: ``y_pred`` are logits (decides the default threshold only; argmax is
-            the same on logits and probabilities). Default False.
+        from_logits: ``y_pred`` are logits: one-channel and multilabel outputs go through a
+            sigmoid before the threshold (argmax is the same on logits and probabilities).
+            Default False.
         include_background: include channel 0 in the class mean of a softmax head with
             classes > 1 (binary and multilabel heads have no background channel). Default
             False.
         class_id: report this channel only instead of the mean. Default None.
-        threshold: decision threshold for one channel or multilabel channels. Default None:
-            0 for logits, 0.5 for probabilities.
+        threshold: probability in (0, 1) above which a one-channel or multilabel output is
+            positive (``sigmoid(y_pred) > threshold`` for logits). Default None: 0.5.
         multilabel: C > 1 channels are independent binary outputs. Default False.
         name: Keras log name. dtype: as ``keras.metrics.Metric``.
 """
@@ -333,13 +355,14 @@ class Accuracy(keras.metrics.Metric):
     Formula::
 
         accuracy = sum(w * [argmax(y_pred) == label]) / sum(w)           (classes > 1)
-                   sum(w * [(y_pred > threshold) == y_true]) / sum(w)    (one channel, or
-                   every channel of a multilabel head)
+                   sum(w * [(p > threshold) == y_true]) / sum(w)         (one channel, or
+                   every channel of a multilabel head; p = sigmoid(y_pred) for logits)
 
     Args:
         classes: output channels (1 = binary). Required.
-        from_logits: ``y_pred`` are logits (default threshold 0 instead of 0.5). Default False.
-        threshold: decision threshold for one channel or multilabel. Default None (see above).
+        from_logits: ``y_pred`` are logits (a sigmoid before the threshold). Default False.
+        threshold: probability in (0, 1) above which a one-channel or multilabel output is
+            positive. Default None: 0.5.
         multilabel: C > 1 independent binary channels. Default False.
         name: Default "accuracy". dtype: as ``keras.metrics.Metric``.
 
@@ -360,8 +383,7 @@ class Accuracy(keras.metrics.Metric):
         owner = type(self).__name__
         self.classes = _check_int(owner, "classes", classes, low=1)
         self.from_logits = _check_bool(owner, "from_logits", from_logits)
-        self.threshold = (None if threshold is None
-                          else _check_number(owner, "threshold", threshold))
+        self.threshold = _check_threshold(owner, threshold)
         self.multilabel = _check_bool(owner, "multilabel", multilabel)
         self.correct = self.add_variable((), "zeros", dtype="float32", name="correct")
         self.total = self.add_variable((), "zeros", dtype="float32", name="total")
@@ -474,15 +496,25 @@ class BoundaryF1(_ClassMetric):
     """Boundary F1 score (BF score) with a pixel tolerance, per class, then the mean.
 
     Formula, per class, with B_p and B_g the inner boundaries of the hard prediction and the
-    target (mask pixels with a background pixel among their 8 neighbours in 2D), and
-    dilate_t a (2t+1)^d square dilation (Chebyshev distance <= t), counted over the stream::
+    target (mask pixels with a background pixel among their 8 neighbours in 2D), or the hard
+    maps themselves with ``outlines=True``, and dilate_t a (2t+1)^d square dilation (Chebyshev
+    distance <= t), counted over the stream::
 
         P_c  = |B_p & dilate_t(B_g)| / |B_p|     R_c = |B_g & dilate_t(B_p)| / |B_g|
         BF_c = 2 P_c R_c / (P_c + R_c)   (1 when both have no boundary, 0 when one has none)
 
+    On a boundary head the target is already an outline map. Extracting boundaries again
+    would give a filled blob the same boundary as the outline it should have drawn (a filled
+    square scores 1 against its own outline), so such a head compares the maps themselves:
+    every predicted pixel farther than ``tolerance`` from the target outline is a false
+    positive.
+
     Args:
         classes: output channels of the head (1 = binary). Required.
         tolerance: distance in pixels within which boundary pixels match, >= 0. Default 2.
+        outlines: ``y_true`` and ``y_pred`` are outline maps already (a boundary head):
+            compare them as they are instead of extracting boundaries. Decided by the head,
+            like ``from_logits``; not a recipe option. Default False.
         from_logits, include_background, class_id, threshold, multilabel, name, dtype: as
             ``DiceScore``.
 
@@ -500,14 +532,15 @@ class BoundaryF1(_ClassMetric):
         BMVC 2013.
     """
 
-    def __init__(self, classes: int, *, tolerance: int = 2, from_logits: bool = False,
-                 include_background: bool = False, class_id: int | None = None,
-                 threshold: float | None = None, multilabel: bool = False,
-                 name: str = "boundary_f1", dtype: Any = None) -> None:
+    def __init__(self, classes: int, *, tolerance: int = 2, outlines: bool = False,
+                 from_logits: bool = False, include_background: bool = False,
+                 class_id: int | None = None, threshold: float | None = None,
+                 multilabel: bool = False, name: str = "boundary_f1", dtype: Any = None) -> None:
         super().__init__(classes, from_logits=from_logits,
                          include_background=include_background, class_id=class_id,
                          threshold=threshold, multilabel=multilabel, name=name, dtype=dtype)
         self.tolerance = _check_int(type(self).__name__, "tolerance", tolerance, low=0)
+        self.outlines = _check_bool(type(self).__name__, "outlines", outlines)
         shape = (self.classes,)
         self.matched_pred = self.add_variable(shape, "zeros", dtype="float32",
                                               name="matched_pred")
@@ -521,7 +554,7 @@ class BoundaryF1(_ClassMetric):
             raise ValueError(f"{self.name}: boundary F1 needs 1 to 3 spatial axes, y_pred"
                              f" (N, ..., C); got shape {tuple(y_pred.shape)}.")
         g, h = self._hard(y_true, y_pred)
-        b_g, b_h = _boundary(g), _boundary(h)
+        b_g, b_h = (g, h) if self.outlines else (_boundary(g), _boundary(h))
         w = _pixel_weights(sample_weight, ops.shape(h)[:-1], len(h.shape) - 1)
         w = 1.0 if w is None else ops.expand_dims(w, -1)
         axes = tuple(range(len(h.shape) - 1))
@@ -541,7 +574,7 @@ class BoundaryF1(_ClassMetric):
         return self._select(self.per_class())
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "tolerance": self.tolerance}
+        return {**super().get_config(), "tolerance": self.tolerance, "outlines": self.outlines}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -593,8 +626,10 @@ METRICS: dict[str, type] = {
     "boundary_f1": BoundaryF1,
 }
 
-# Constructor arguments that are not recipe options (the head decides them).
-_NOT_OPTIONS = ("classes", "from_logits", "name", "dtype")
+# Constructor arguments that the head decides, never the recipe.
+_HEAD_DECIDED = ("classes", "from_logits", "outlines")
+# Constructor arguments that are not recipe options.
+_NOT_OPTIONS = (*_HEAD_DECIDED, "name", "dtype")
 
 
 def metric_options(name: str) -> dict[str, object]:
@@ -610,13 +645,16 @@ def metric_options(name: str) -> dict[str, object]:
     return _signature_options(_lookup(name, METRICS, "metric"), _NOT_OPTIONS)
 
 
-def build_metric(entry: Any, *, classes: int, from_logits: bool) -> keras.metrics.Metric:
+def build_metric(entry: Any, *, classes: int, from_logits: bool,
+                 outlines: bool = False) -> keras.metrics.Metric:
     """Build a metric from a recipe entry for a head with ``classes`` output channels.
 
     Args:
         entry: a metric name (``"dice"``) or a mapping ``{"name": "dice", **options}``.
         classes: the head's output channels (1 = binary).
         from_logits: whether the head outputs logits.
+        outlines: whether the head's target is an outline map (a boundary head); passed to
+            the metrics that take it (``boundary_f1``). Default False.
 
     Returns:
         The metric, named after the entry ("dice"; "dice_class2" with ``class_id: 2``) so that
@@ -624,7 +662,7 @@ def build_metric(entry: Any, *, classes: int, from_logits: bool) -> keras.metric
 
     Raises:
         ValueError: unknown name (with a suggestion), unknown or invalid option, or an entry
-            setting ``from_logits``/``classes`` (the head decides them).
+            setting ``from_logits``/``classes``/``outlines`` (the head decides them).
 
     Example:
         >>> build_metric({"name": "iou", "class_id": 1}, classes=3, from_logits=True)
@@ -639,7 +677,7 @@ def build_metric(entry: Any, *, classes: int, from_logits: bool) -> keras.metric
     cls = _lookup(name, METRICS, "metric")
     allowed = metric_options(name)
     for key in options:
-        if key in ("from_logits", "classes"):
+        if key in _HEAD_DECIDED:
             raise ValueError(f"metric '{name}': option '{key}' is decided by the head, not by"
                              " the entry; remove it.")
         if key not in allowed:
@@ -648,4 +686,6 @@ def build_metric(entry: Any, *, classes: int, from_logits: bool) -> keras.metric
             raise ValueError(f"unknown option '{key}' of metric '{name}'{hint}. Options:"
                              f" {', '.join(allowed) or 'none'}.")
     label = name if options.get("class_id") is None else f"{name}_class{options['class_id']}"
+    if "outlines" in inspect.signature(cls.__init__).parameters:
+        options["outlines"] = outlines
     return cls(classes, from_logits=from_logits, name=label, **options)

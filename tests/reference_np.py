@@ -76,12 +76,23 @@ def _div(num: float, den: float) -> float:
     return 1.0 if den == 0 else num / den
 
 
+def _class_mean(values: list[float], w: np.ndarray, gs: np.ndarray, ignore_empty: bool,
+                perfect: float) -> float:
+    """Weighted class mean; with ignore_empty only over classes present in the target ``gs``
+    (pixels, C), and ``perfect`` when none of the weighted classes is present."""
+    if ignore_empty:
+        w = np.where(gs.sum(axis=0) > 0, w, 0.0)
+        if w.sum() == 0:
+            return perfect
+    return float(np.dot(w, values) / w.sum())
+
+
 # ---------------------------------------------------------------------------- region losses
 
 
 def dice_loss(y_true, y_pred, *, from_logits=False, smooth_nr=1e-5, smooth_dr=1e-5,
               squared=False, per_sample=True, include_background=True, class_weights=None,
-              multilabel=False) -> float:
+              ignore_empty=True, multilabel=False) -> float:
     p = probabilities(y_pred, from_logits, multilabel)
     g = one_hot(y_true, p)
     w = _class_weights(p.shape[-1], class_weights, include_background, multilabel)
@@ -95,13 +106,13 @@ def dice_loss(y_true, y_pred, *, from_logits=False, smooth_nr=1e-5, smooth_dr=1e
             else:
                 den = np.sum(ps[:, c]) + np.sum(gs[:, c])
             scores.append(_div(2 * inter + smooth_nr, den + smooth_dr))
-        losses.append(1.0 - np.dot(w, scores) / w.sum())
+        losses.append(1.0 - _class_mean(scores, w, gs, ignore_empty, 1.0))
     return float(np.mean(losses))
 
 
 def jaccard_loss(y_true, y_pred, *, from_logits=False, smooth_nr=1e-5, smooth_dr=1e-5,
                  squared=False, per_sample=True, include_background=True, class_weights=None,
-                 multilabel=False) -> float:
+                 ignore_empty=True, multilabel=False) -> float:
     p = probabilities(y_pred, from_logits, multilabel)
     g = one_hot(y_true, p)
     w = _class_weights(p.shape[-1], class_weights, include_background, multilabel)
@@ -115,13 +126,13 @@ def jaccard_loss(y_true, y_pred, *, from_logits=False, smooth_nr=1e-5, smooth_dr
             else:
                 union = np.sum(ps[:, c]) + np.sum(gs[:, c]) - inter
             scores.append(_div(inter + smooth_nr, union + smooth_dr))
-        losses.append(1.0 - np.dot(w, scores) / w.sum())
+        losses.append(1.0 - _class_mean(scores, w, gs, ignore_empty, 1.0))
     return float(np.mean(losses))
 
 
 def tversky_loss(y_true, y_pred, *, from_logits=False, alpha=0.3, beta=0.7, gamma=1.0,
                  smooth_nr=1e-5, smooth_dr=1e-5, per_sample=True, include_background=True,
-                 class_weights=None, multilabel=False) -> float:
+                 class_weights=None, ignore_empty=True, multilabel=False) -> float:
     """alpha weights false positives, beta false negatives (Salehi et al. 2017)."""
     p = probabilities(y_pred, from_logits, multilabel)
     g = one_hot(y_true, p)
@@ -135,7 +146,7 @@ def tversky_loss(y_true, y_pred, *, from_logits=False, alpha=0.3, beta=0.7, gamm
             fn = np.sum((1 - ps[:, c]) * gs[:, c])
             index = _div(tp + smooth_nr, tp + alpha * fp + beta * fn + smooth_dr)
             terms.append(max(1.0 - index, 0.0) ** gamma)
-        losses.append(np.dot(w, terms) / w.sum())
+        losses.append(_class_mean(terms, w, gs, ignore_empty, 0.0))
     return float(np.mean(losses))
 
 
@@ -236,13 +247,17 @@ def weighted_crossentropy_loss(y_true, y_pred, *, from_logits=False, pos_weight=
 
 
 def hard(y_true, y_pred, *, from_logits=False, threshold=None, multilabel=False):
-    """Hard 0/1 target and prediction, shaped like y_pred."""
+    """Hard 0/1 target and prediction, shaped like y_pred.
+
+    One channel or multilabel: positive where the probability (the sigmoid of a logit)
+    exceeds ``threshold``, 0.5 when None."""
     y_pred = np.asarray(y_pred, np.float64)
     g = one_hot(y_true, y_pred)
     channels = y_pred.shape[-1]
     if channels == 1 or multilabel:
-        cut = threshold if threshold is not None else (0.0 if from_logits else 0.5)
-        return (g > 0.5).astype(float), (y_pred > cut).astype(float)
+        p = sigmoid(y_pred) if from_logits else y_pred
+        cut = 0.5 if threshold is None else threshold
+        return (g > 0.5).astype(float), (p > cut).astype(float)
     h = np.zeros_like(y_pred)
     gh = np.zeros_like(y_pred)
     for index in np.ndindex(y_pred.shape[:-1]):
@@ -340,8 +355,10 @@ def _near(points: np.ndarray, other: np.ndarray, tolerance: int) -> int:
     return count
 
 
-def boundary_f1(batches, *, tolerance=2, include_background=False, class_id=None, **kw):
-    """Boundary F1 over a list of 2-D batches (N, H, W, C)."""
+def boundary_f1(batches, *, tolerance=2, outlines=False, include_background=False,
+                class_id=None, **kw):
+    """Boundary F1 over a list of 2-D batches (N, H, W, C); ``outlines``: the hard maps are
+    the boundaries (a boundary head's outline maps), nothing is extracted."""
     channels = None
     counts = None
     for y_true, y_pred in batches:
@@ -351,7 +368,9 @@ def boundary_f1(batches, *, tolerance=2, include_background=False, class_id=None
             counts = np.zeros((channels, 4))
         for n in range(g.shape[0]):
             for c in range(channels):
-                bg, bh = boundary_2d(g[n, :, :, c]), boundary_2d(h[n, :, :, c])
+                bg, bh = g[n, :, :, c], h[n, :, :, c]
+                if not outlines:
+                    bg, bh = boundary_2d(bg), boundary_2d(bh)
                 counts[c] += [_near(bh, bg, tolerance), bh.sum(), _near(bg, bh, tolerance),
                               bg.sum()]
     values = []

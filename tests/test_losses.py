@@ -115,23 +115,61 @@ class TestDice:
         assert value(Dice(**options), G1, P1) == pytest.approx(expected, abs=TOL), why
 
     MULTI_CASES = [
-        # per sample, smooth 0; an empty class (absent in target and prediction) scores 1.
+        # ignore_empty=False, per sample, smooth 0; an empty class (absent in target and
+        # prediction) scores 1, a class absent from the target but predicted scores 0.
         # sample 0: all classes 1 (class 2 empty) -> loss 0
         # sample 1: class 0 empty -> 1; class 1: I = 0 -> 0; class 2: 2 * 1.5 / (1.5 + 2) = 6/7
         #           loss 1 - (1 + 0 + 6/7) / 3 = 8/21;  mean over samples 4/21
-        ({}, 4 / 21),
+        ({"ignore_empty": False}, 4 / 21),
         # over the batch: class 0: 2 * 1 / (1 + 1) = 1; class 1: 2 * 1 / (1.5 + 1) = 0.8;
         # class 2: 2 * 1.5 / (1.5 + 2) = 6/7 -> loss 1 - (1 + 0.8 + 6/7) / 3
-        ({"per_sample": False}, 1 - (1 + 0.8 + 6 / 7) / 3),
+        ({"per_sample": False, "ignore_empty": False}, 1 - (1 + 0.8 + 6 / 7) / 3),
         # no background: sample 0 -> 0; sample 1: 1 - (0 + 6/7) / 2 = 4/7; mean 2/7
-        ({"include_background": False}, 2 / 7),
+        ({"include_background": False, "ignore_empty": False}, 2 / 7),
         # class weights [0, 1, 3]: sample 1: 1 - (0 + 3 * 6/7) / 4 = 5/14; mean 5/28
-        ({"class_weights": [0, 1, 3]}, 5 / 28),
+        ({"class_weights": [0, 1, 3], "ignore_empty": False}, 5 / 28),
+        # ignore_empty (default): only classes present in the sample's target count.
+        # sample 0: classes 0, 1 -> loss 0; sample 1: class 2 only -> 1 - 6/7; mean 1/14
+        ({}, 1 / 14),
+        # over the batch every class is present: as with ignore_empty=False
+        ({"per_sample": False}, 1 - (1 + 0.8 + 6 / 7) / 3),
+        # no background: sample 0: class 1 -> 0; sample 1: class 2 -> 1/7; mean 1/14
+        ({"include_background": False}, 1 / 14),
+        # class weights [0, 1, 3]: sample 0: class 1 (w 1) -> 0; sample 1: class 2 -> 1/7
+        ({"class_weights": [0, 1, 3]}, 1 / 14),
     ]
 
     @pytest.mark.parametrize("options, expected", MULTI_CASES)
     def test_multiclass_hand_computed(self, options, expected):
         assert value(Dice(smooth=0.0, **options), GM, PM) == pytest.approx(expected, abs=TOL)
+
+    # A near-perfect softmax prediction on an 8 x 8 sample with 4 classes, of which only 0
+    # (rows 0-3) and 1 (rows 4-7) occur: p = 0.97 on the true class, 0.01 on each other.
+    # Classes 0, 1: I = 0.97 * 32 = 31.04, sum p = 31.04 + 0.01 * 32 = 31.36, sum g = 32
+    #   D = 62.08 / 63.36; classes 2, 3: I = 0, sum p = 0.64, sum g = 0 -> D = 0 (smooth 0).
+    FLOOR_Y = f32(np.repeat([0, 1], 32).reshape(1, 8, 8))
+    FLOOR_P = f32(np.where(np.eye(4)[np.repeat([0, 1], 32)] > 0, 0.97, 0.01).reshape(1, 8, 8, 4))
+
+    def test_absent_classes_floor_without_ignore_empty(self):
+        # ignore_empty=False: 1 - (2 D + 0 + 0) / 4, about 0.5 = absent / classes
+        got = value(Dice(smooth=0.0, ignore_empty=False), self.FLOOR_Y, self.FLOOR_P)
+        assert got == pytest.approx(1 - 2 * (62.08 / 63.36) / 4, abs=TOL)
+
+    def test_ignore_empty_removes_the_floor(self):
+        # only classes 0 and 1 count: 1 - D
+        got = value(Dice(smooth=0.0), self.FLOOR_Y, self.FLOOR_P)
+        assert got == pytest.approx(1 - 62.08 / 63.36, abs=TOL)
+        # with the default smoothing 1e-5 the absent classes score 1e-5 / 0.64: no change
+        assert value(Dice(), self.FLOOR_Y, self.FLOOR_P) == pytest.approx(1 - 62.08 / 63.36,
+                                                                           abs=1e-5)
+
+    @pytest.mark.parametrize("ignore_empty, expected", [(True, 0.0), (False, 1.0)])
+    def test_sample_with_nothing_present(self, ignore_empty, expected):
+        # Binary head, empty target, p = 0.3 everywhere: nothing to segment scores loss 0
+        # with ignore_empty; without, D = 0 / (16 * 0.3) = 0 and the loss is 1.
+        empty, p = np.zeros((1, 4, 4, 1), "float32"), np.full((1, 4, 4, 1), 0.3, "float32")
+        got = value(Dice(smooth=0.0, ignore_empty=ignore_empty), empty, p)
+        assert got == pytest.approx(expected, abs=TOL)
 
     def test_label_encodings_agree(self):
         # Labels (N, L), (N, L, 1), float or int, and one-hot all give the same loss.
@@ -149,7 +187,8 @@ class TestDice:
     @pytest.mark.parametrize("include_background", [True, False])
     def test_matches_reference(self, classes, logits, per_sample, include_background):
         y, p = random_case(classes * 10 + logits, classes, logits=logits)
-        options = {"per_sample": per_sample, "include_background": include_background}
+        options = {"per_sample": per_sample, "include_background": include_background,
+                   "ignore_empty": False}
         got = value(Dice(from_logits=logits, **options), y, p)
         want = ref.dice_loss(y, p, from_logits=logits, **options)
         assert got == pytest.approx(want, abs=REF_TOL)
@@ -188,10 +227,14 @@ class TestDice:
         empty = np.zeros((2, 4, 4, 1), "float32")
         assert value(Dice(**options), empty, empty) == pytest.approx(expected, abs=TOL)
 
-    def test_empty_target_full_prediction_is_worst(self):
-        # I = 0, so D = s / (16 + s) ~ 0 and the loss ~ 1.
+    def test_empty_target_full_prediction(self):
+        # ignore_empty=False: I = 0, so D = s / (16 + s) ~ 0 and the loss ~ 1 (the worst).
         empty, full = np.zeros((1, 4, 4, 1), "float32"), np.ones((1, 4, 4, 1), "float32")
-        assert value(Dice(), empty, full) == pytest.approx(1 - 1e-5 / (16 + 1e-5), abs=TOL)
+        assert value(Dice(ignore_empty=False), empty, full) == pytest.approx(
+            1 - 1e-5 / (16 + 1e-5), abs=TOL)
+        # ignore_empty (default): nothing is present, the sample scores 0; only a pixel loss
+        # (crossentropy) sees the false positives of an empty image
+        assert value(Dice(), empty, full) == pytest.approx(0.0, abs=TOL)
 
     def test_perfect_multiclass_prediction_is_zero(self):
         # Guards against the "1 - 1 - dice" bug: loss(y, y) must be 0, not -1.
@@ -213,18 +256,21 @@ class TestDice:
         assert tuple(out.shape) == (2,)
 
     def test_sample_weights(self):
-        # Per-sample losses are 0 and 8/21 (see MULTI_CASES); weights [1, 3] give
-        # (0 * 1 + 8/21 * 3) / 2 (Keras divides by the batch size).
+        # Per-sample losses are 0 and 1/7 (see MULTI_CASES); weights [1, 3] give
+        # (0 * 1 + 1/7 * 3) / 2 (Keras divides by the batch size).
         loss = Dice(smooth=0.0)
-        assert value(loss, GM, PM, f32([1, 3])) == pytest.approx(4 / 7, abs=TOL)
+        assert value(loss, GM, PM, f32([1, 3])) == pytest.approx(3 / 14, abs=TOL)
         # a pixel weight map is averaged to one weight per sample: [1, 3] again
         pixel = f32([[1, 1], [2, 4]])
-        assert value(loss, GM, PM, pixel) == pytest.approx(4 / 7, abs=TOL)
+        assert value(loss, GM, PM, pixel) == pytest.approx(3 / 14, abs=TOL)
 
-    def test_float16_inputs_reduce_in_float32(self):
-        # 256 x 256 ones: sum(p) + sum(g) = 131072 overflows float16 (max 65504).
-        ones = np.ones((1, 256, 256, 1), "float16")
-        assert value(Dice(), ones, ones) == pytest.approx(0.0, abs=TOL)
+    def test_float16_loss_computes_in_float32(self):
+        # dtype="float16" makes Keras cast the inputs to float16 before `call` (mixed
+        # precision): only the loss's own casts keep the sums below from overflowing.
+        # p = 0.5, g = 1 on 512 x 512: 2 * 131072 / (131072 + 262144) = 2/3, loss 1/3.
+        # 1e-3: the reduced value is returned in float16 (1/3 -> 0.33325).
+        g, p = np.ones((1, 512, 512, 1), "float32"), np.full((1, 512, 512, 1), 0.5, "float32")
+        assert value(Dice(dtype="float16"), g, p) == pytest.approx(1 / 3, abs=1e-3)
 
     INVALID = [
         ({"smooth": -1.0}, r"invalid `smooth`=-1.0; expected a finite number >= 0"),
@@ -243,6 +289,39 @@ class TestDice:
     def test_invalid_arguments(self, options, match):
         with pytest.raises(ValueError, match=match):
             Dice(**options)
+
+
+# float16 inputs straight into the pure functions (no Keras cast in between): 512 x 512
+# pixels with p = 0.5 and g = 1, so sum(p) = 131072 and sum(g) = 262144 exceed float16's
+# maximum (65504); without the float32 casts inside, the sums are inf and the loss NaN.
+#   I = TP = 131072, FP = 0, FN = 131072
+HALF_CASES = [
+    (losses.dice, {}, 1 - 2 * 131072 / (131072 + 262144)),                # 1/3
+    (losses.jaccard, {}, 1 - 131072 / 262144),                             # 1/2
+    (losses.tversky, {}, 1 - 131072 / (131072 + 0.7 * 131072)),            # 0.7 / 1.7
+    (losses.dice, {"per_sample": False, "ignore_empty": False}, 1 / 3),
+]
+
+
+@pytest.mark.parametrize("fn, options, expected", HALF_CASES)
+def test_region_functions_reduce_float16_in_float32(fn, options, expected):
+    g = np.ones((2, 512, 512, 1), "float16")
+    p = np.full((2, 512, 512, 1), 0.5, "float16")
+    out = keras.ops.convert_to_numpy(fn(g, p, **options))
+    assert out.dtype == np.float32
+    # 1e-6 relative: float32 sums of exact halves and ones are exact; the ratio rounds
+    np.testing.assert_allclose(out, [expected, expected], rtol=1e-6)
+
+
+def test_crossentropy_function_clips_float16_in_float32():
+    # y = [1, 0], p = [0, 1] in float16. The probabilities are clipped to [1e-7, 1 - 1e-7] in
+    # float32: -log(1e-7) = 16.118 and -log(1 - float32(1 - 1e-7)) = -log(2^-23) = 15.942.
+    # In float16, 1 - 1e-7 rounds to 1 and log(1 - 1) is -inf.
+    y = np.array([[[1], [0]]], "float16")
+    p = np.array([[[0.0], [1.0]]], "float16")
+    out = keras.ops.convert_to_numpy(losses.crossentropy(y, p))
+    # 1e-6 relative: float32 logs
+    np.testing.assert_allclose(out, [[-math.log(1e-7), 23 * math.log(2)]], rtol=1e-6)
 
 
 # ------------------------------------------------------------------------------- Jaccard
@@ -264,8 +343,10 @@ class TestJaccard:
     def test_multiclass_hand_computed(self):
         # sample 1: class 0 empty -> 1; class 1: I = 0 -> 0; class 2: 1.5 / (3.5 - 1.5) = 0.75
         # loss (0 + 1 - 1.75 / 3) / 2
-        got = value(Jaccard(smooth=0.0), GM, PM)
+        got = value(Jaccard(smooth=0.0, ignore_empty=False), GM, PM)
         assert got == pytest.approx((1 - 1.75 / 3) / 2, abs=TOL)
+        # ignore_empty: sample 1 counts class 2 only: (0 + 1 - 0.75) / 2
+        assert value(Jaccard(smooth=0.0), GM, PM) == pytest.approx(0.25 / 2, abs=TOL)
 
     def test_iou_is_an_alias(self):
         assert LOSSES["iou"] is LOSSES["jaccard"] is Jaccard
@@ -278,6 +359,70 @@ class TestJaccard:
         got = value(Jaccard(from_logits=logits, per_sample=per_sample), y, p)
         want = ref.jaccard_loss(y, p, from_logits=logits, per_sample=per_sample)
         assert got == pytest.approx(want, abs=REF_TOL)
+
+
+# Targets where classes are missing: 4 classes, sample 0 holds only labels 0 and 1,
+# sample 1 only label 3, sample 2 only label 0 (background only).
+def absent_case(seed: int, *, binary: bool = False):
+    rng = np.random.default_rng(seed)
+    y = np.zeros((3, 4, 5), "float32")
+    y[0] = rng.integers(0, 2, size=(4, 5))
+    y[1] = 3
+    z = f32(rng.normal(scale=2.0, size=(3, 4, 5, 1 if binary else 4)))
+    if binary:  # sample 2 is then an image with nothing to segment
+        y = (y > 0).astype("float32")[..., None]
+    return y, z
+
+
+class TestIgnoreEmpty:
+    """``ignore_empty`` on every region loss that takes a class mean, against the NumPy
+    reference on targets with absent classes (and samples with nothing present)."""
+
+    LOSSES_AND_REFERENCES = [
+        ("dice", ref.dice_loss, {}),
+        ("jaccard", ref.jaccard_loss, {}),
+        ("tversky", ref.tversky_loss, {}),
+        ("focal_tversky", ref.tversky_loss, {"gamma": 0.75}),
+    ]
+
+    @pytest.mark.parametrize("name, reference, extra", LOSSES_AND_REFERENCES)
+    @pytest.mark.parametrize("ignore_empty", [True, False])
+    @pytest.mark.parametrize("per_sample", [True, False])
+    @pytest.mark.parametrize("include_background", [True, False])
+    def test_matches_reference(self, name, reference, extra, ignore_empty, per_sample,
+                               include_background):
+        y, z = absent_case(1)
+        options = {"ignore_empty": ignore_empty, "per_sample": per_sample,
+                   "include_background": include_background}
+        got = value(build({"name": name, **options}, from_logits=True), y, z)
+        assert got == pytest.approx(reference(y, z, from_logits=True, **options, **extra),
+                                    abs=REF_TOL)
+
+    @pytest.mark.parametrize("name, reference, extra", LOSSES_AND_REFERENCES)
+    @pytest.mark.parametrize("ignore_empty", [True, False])
+    def test_binary_with_an_empty_sample_matches_reference(self, name, reference, extra,
+                                                           ignore_empty):
+        y, z = absent_case(2, binary=True)
+        got = value(build({"name": name, "ignore_empty": ignore_empty}, from_logits=True), y, z)
+        assert got == pytest.approx(reference(y, z, from_logits=True, ignore_empty=ignore_empty,
+                                              **extra), abs=REF_TOL)
+
+    @pytest.mark.parametrize("name", ["dice", "jaccard", "tversky", "focal_tversky"])
+    def test_floor_of_a_near_perfect_prediction(self, name):
+        # Logits 6 on the true class (softmax about 0.99): every present class is about
+        # right, every absent one scores about 0. The absent classes are 2 of 4 in sample 0
+        # and 3 of 4 in samples 1 and 2, so the floor is (2/4 + 3/4 + 3/4) / 3 = 2/3.
+        y, _ = absent_case(3)
+        z = f32(6.0 * np.eye(4)[y.astype(int)])
+        off = value(build({"name": name, "ignore_empty": False}, from_logits=True), y, z)
+        on = value(build({"name": name}, from_logits=True), y, z)
+        assert on < 0.05
+        assert off == pytest.approx(2 / 3 + on, abs=0.03)
+
+    @pytest.mark.parametrize("name", ["dice", "jaccard", "tversky", "focal_tversky"])
+    def test_invalid(self, name):
+        with pytest.raises(ValueError, match=r"invalid `ignore_empty`='no'; expected True or"):
+            build({"name": name, "ignore_empty": "no"})
 
     def test_empty_masks(self):
         empty = np.zeros((2, 3, 3, 1), "float32")
@@ -382,6 +527,18 @@ class TestTversky:
         assert value(Tversky(alpha=0.2, beta=0.0, smooth=0.0), y, p) == pytest.approx(
             1 - 1 / 1.2, abs=TOL)
 
+    @pytest.mark.parametrize("ignore_empty, expected", [
+        # GM/PM, smooth 0, alpha 0.3, beta 0.7. Sample 0 is perfect (loss 0). Sample 1:
+        # class 2: TP = 1.5, FP = 0, FN = 0.5 -> 1 - 1.5 / (1.5 + 0.7 * 0.5) = 0.35 / 1.85;
+        # class 0 (empty in target and prediction): TI = 0 / 0 := 1 -> 0;
+        # class 1 (absent, predicted 0.5): TP = 0, FP = 0.5 -> TI = 0 -> 1.
+        (True, 0.35 / 1.85 / 2),
+        (False, (0 + 1 + 0.35 / 1.85) / 3 / 2),
+    ])
+    def test_multiclass_hand_computed(self, ignore_empty, expected):
+        got = value(Tversky(smooth=0.0, ignore_empty=ignore_empty), GM, PM)
+        assert got == pytest.approx(expected, abs=TOL)
+
     def test_per_class_so_alpha_beta_matter_with_softmax(self):
         # Pooled over softmax classes total FP == total FN and alpha/beta would not matter.
         a = value(Tversky(alpha=0.1, beta=0.9), GM, PM)
@@ -394,7 +551,7 @@ class TestTversky:
     def test_matches_reference(self, classes, logits, per_sample):
         y, p = random_case(classes + 40 + logits, classes, logits=logits, onehot=True)
         options = {"per_sample": per_sample, "alpha": 0.4, "beta": 0.8,
-                   "include_background": False}
+                   "include_background": False, "ignore_empty": False}
         got = value(Tversky(from_logits=logits, **options), y, p)
         want = ref.tversky_loss(y, p, from_logits=logits, **options)
         assert got == pytest.approx(want, abs=REF_TOL)
@@ -420,8 +577,9 @@ class TestFocalTversky:
         assert got == pytest.approx((1 - 1.3 / 1.85) ** 0.75, abs=TOL)
 
     def test_gamma_one_is_tversky(self):
-        assert value(FocalTversky(gamma=1.0), GM, PM) == pytest.approx(
-            value(Tversky(), GM, PM), abs=TOL)
+        # the hand-computed Tversky value of GM/PM (TestTversky), smooth 0
+        assert value(FocalTversky(gamma=1.0, smooth=0.0), GM, PM) == pytest.approx(
+            0.35 / 1.85 / 2, abs=TOL)
 
     def test_gamma_below_one_raises_the_loss(self):
         # (1 - TI)^gamma > 1 - TI for 0 < 1 - TI < 1 and gamma < 1
@@ -653,6 +811,115 @@ class TestWeightedCrossentropy:
             WeightedCrossentropy(pos_weight=pos_weight)
 
 
+# ----------------------------------------------------------- oracle outside the project
+
+
+def keras_value(loss: keras.losses.Loss, y_true, y_pred, sample_weight=None) -> float:
+    return float(keras.ops.convert_to_numpy(loss(y_true, y_pred, sample_weight)))
+
+
+# Relative tolerance against Keras: both compute in float32 with different op orders.
+KERAS_RTOL = 1e-5
+
+
+class TestAgainstKeras:
+    """Crossentropy and focal against Keras's own losses on random inputs. Keras reduces the
+    same way (a mean over channels for its binary losses, then the mean over pixels and
+    samples) and clips probabilities to [1e-7, 1 - 1e-7] like multiseg. Differences of
+    convention are noted where they matter."""
+
+    @staticmethod
+    def case(seed: int, classes: int, *, logits: bool, multilabel: bool = False):
+        """(labels or multi-hot / binary mask, one-hot or the same, predictions)."""
+        rng = np.random.default_rng(seed)
+        z = rng.normal(scale=2.0, size=(3, 5, 4, classes))
+        if classes == 1 or multilabel:
+            y = (rng.random(z.shape) > 0.6).astype("float32")
+            p = ref.sigmoid(z)
+            return y, y, f32(z if logits else p)
+        labels = rng.integers(0, classes, size=z.shape[:-1])
+        onehot = np.eye(classes, dtype="float32")[labels]
+        return labels.astype("float32"), onehot, f32(z if logits else ref.softmax(z))
+
+    @pytest.mark.parametrize("logits", [True, False])
+    @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+    @pytest.mark.parametrize("channels, multilabel", [(1, False), (3, True)])
+    def test_binary_crossentropy(self, logits, label_smoothing, channels, multilabel):
+        # Keras: y * (1 - ls) + 0.5 * ls, then the mean over the last axis, as ours
+        y, _, p = self.case(1, channels, logits=logits, multilabel=multilabel)
+        ours = value(Crossentropy(from_logits=logits, label_smoothing=label_smoothing,
+                                  multilabel=multilabel), y, p)
+        oracle = keras_value(keras.losses.BinaryCrossentropy(
+            from_logits=logits, label_smoothing=label_smoothing), y, p)
+        assert ours == pytest.approx(oracle, rel=KERAS_RTOL)
+
+    @pytest.mark.parametrize("logits", [True, False])
+    @pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+    def test_categorical_crossentropy(self, logits, label_smoothing):
+        # Keras: y * (1 - ls) + ls / C, as ours; with probabilities Keras divides by their
+        # sum first (softmax outputs sum to 1 within float32 rounding)
+        labels, onehot, p = self.case(2, 4, logits=logits)
+        oracle = keras_value(keras.losses.CategoricalCrossentropy(
+            from_logits=logits, label_smoothing=label_smoothing), onehot, p)
+        for y in (labels, onehot):
+            ours = value(Crossentropy(from_logits=logits, label_smoothing=label_smoothing), y, p)
+            assert ours == pytest.approx(oracle, rel=KERAS_RTOL)
+
+    @pytest.mark.parametrize("logits", [True, False])
+    def test_sparse_categorical_crossentropy(self, logits):
+        labels, _, p = self.case(3, 5, logits=logits)
+        oracle = keras_value(keras.losses.SparseCategoricalCrossentropy(from_logits=logits),
+                             labels, p)
+        assert value(Crossentropy(from_logits=logits), labels, p) == pytest.approx(
+            oracle, rel=KERAS_RTOL)
+
+    def test_class_weights_are_per_pixel_weights(self):
+        # Ours multiplies each pixel's loss by the weight of its true class and keeps the
+        # plain mean; Keras with that weight as a pixel sample weight does the same
+        # (sum_over_batch_size divides by the pixel count, not by the sum of the weights).
+        labels, onehot, z = self.case(4, 3, logits=True)
+        weights = np.array([0.5, 2.0, 1.5], "float32")
+        oracle = keras_value(keras.losses.CategoricalCrossentropy(from_logits=True), onehot, z,
+                             weights[labels.astype(int)])
+        ours = value(Crossentropy(from_logits=True, class_weights=list(weights)), labels, z)
+        assert ours == pytest.approx(oracle, rel=KERAS_RTOL)
+
+    @pytest.mark.parametrize("logits", [True, False])
+    @pytest.mark.parametrize("gamma", [0.0, 2.0, 0.5])
+    @pytest.mark.parametrize("channels, multilabel", [(1, False), (3, True)])
+    def test_binary_focal(self, logits, gamma, channels, multilabel):
+        # Without alpha: Keras's BinaryFocalCrossentropy without class balancing.
+        y, _, p = self.case(5, channels, logits=logits, multilabel=multilabel)
+        ours = value(Focal(from_logits=logits, gamma=gamma, multilabel=multilabel), y, p)
+        oracle = keras_value(keras.losses.BinaryFocalCrossentropy(
+            gamma=gamma, from_logits=logits), y, p)
+        assert ours == pytest.approx(oracle, rel=KERAS_RTOL)
+
+    @pytest.mark.parametrize("logits", [True, False])
+    @pytest.mark.parametrize("alpha", [0.25, 0.8])
+    def test_binary_focal_alpha(self, logits, alpha):
+        # Same convention as Lin et al.: positives weigh alpha, negatives 1 - alpha; in
+        # Keras only with apply_class_balancing=True (otherwise alpha is ignored).
+        y, _, p = self.case(6, 1, logits=logits)
+        ours = value(Focal(from_logits=logits, gamma=2.0, alpha=alpha), y, p)
+        oracle = keras_value(keras.losses.BinaryFocalCrossentropy(
+            apply_class_balancing=True, alpha=alpha, gamma=2.0, from_logits=logits), y, p)
+        assert ours == pytest.approx(oracle, rel=KERAS_RTOL)
+
+    @pytest.mark.parametrize("logits", [True, False])
+    @pytest.mark.parametrize("alpha", [None, 0.25])
+    def test_categorical_focal(self, logits, alpha):
+        # Conventions differ for alpha: Keras's CategoricalFocalCrossentropy applies a scalar
+        # alpha (default 0.25) to every class; ours takes one weight per class and none by
+        # default. So ours alpha=None is Keras alpha=1.0, ours [a] * C is Keras alpha=a.
+        labels, onehot, p = self.case(7, 4, logits=logits)
+        ours = value(Focal(from_logits=logits, gamma=2.0,
+                           alpha=None if alpha is None else [alpha] * 4), labels, p)
+        oracle = keras_value(keras.losses.CategoricalFocalCrossentropy(
+            alpha=1.0 if alpha is None else alpha, gamma=2.0, from_logits=logits), onehot, p)
+        assert ours == pytest.approx(oracle, rel=KERAS_RTOL)
+
+
 # ------------------------------------------------------------------ target/shape checks
 
 
@@ -825,19 +1092,21 @@ class TestProperties:
     @PROPERTY
     @given(a=binary_case(), name=st.sampled_from(["dice", "jaccard"]))
     def test_symmetric_on_hard_masks(self, a, name):
+        # ignore_empty off: it looks at the target only, so swapping roles would change it
         y, p = a
         hard = (p > 0.5).astype("float32")
-        assert value(build(name), y, hard) == pytest.approx(value(build(name), hard, y),
-                                                            abs=TOL)
+        loss = build({"name": name, "ignore_empty": False})
+        assert value(loss, y, hard) == pytest.approx(value(loss, hard, y), abs=TOL)
 
     @PROPERTY
     @given(a=binary_case(), alpha=st.floats(0.05, 1), beta=st.floats(0.05, 1))
     def test_tversky_swaps_alpha_beta_with_roles(self, a, alpha, beta):
         # Swapping target and prediction turns FP into FN: TI(g, p; a, b) = TI(p, g; b, a).
+        # ignore_empty off: it looks at the target only, so swapping roles would change it
         y, p = a
         hard = (p > 0.5).astype("float32")
-        one = value(Tversky(alpha=alpha, beta=beta), y, hard)
-        two = value(Tversky(alpha=beta, beta=alpha), hard, y)
+        one = value(Tversky(alpha=alpha, beta=beta, ignore_empty=False), y, hard)
+        two = value(Tversky(alpha=beta, beta=alpha, ignore_empty=False), hard, y)
         assert one == pytest.approx(two, abs=1e-5)
 
     @PROPERTY
@@ -901,7 +1170,7 @@ class TestLossOptions:
         assert loss_options("dice") == {
             "smooth": None, "smooth_nr": 1e-5, "smooth_dr": 1e-5, "squared": False,
             "per_sample": True, "include_background": True, "class_weights": None,
-            "multilabel": False}
+            "ignore_empty": True, "multilabel": False}
 
     @pytest.mark.parametrize("name", sorted(LOSSES))
     def test_excludes_head_decided_arguments(self, name):
@@ -915,6 +1184,8 @@ class TestLossOptions:
         assert {"alpha", "gamma"} <= set(loss_options("focal"))
         assert {"label_smoothing", "class_weights"} <= set(loss_options("crossentropy"))
         assert loss_options("generalized_dice")["weight_type"] == "square"
+        for name in ("dice", "jaccard", "tversky", "focal_tversky"):
+            assert loss_options(name)["ignore_empty"] is True
 
     def test_unknown_name(self):
         with pytest.raises(ValueError, match=r"unknown loss 'dise' \(did you mean 'dice'\?\)"):
@@ -973,15 +1244,20 @@ class TestBuild:
 
 class TestCombinedLoss:
     def test_weighted_sum(self):
+        # Dice of G1/P1 (TestDice): 1 - 2.6 / 3.5. BCE by hand over its 4 pixels: -log 0.9,
+        # -log 0.4, -log 0.8 and -log(1 - 0) (p = 0 is clipped to 1e-7: about 1e-7, below TOL).
         loss = CombinedLoss([("dice", 1.0, Dice(smooth=0.0)), ("ce", 0.5, Crossentropy())])
-        expected = (1 - 2.6 / 3.5) + 0.5 * value(Crossentropy(), G1, P1)
-        assert value(loss, G1, P1) == pytest.approx(expected, abs=TOL)
+        bce = -(math.log(0.9) + math.log(0.4) + math.log(0.8)) / 4
+        assert value(loss, G1, P1) == pytest.approx((1 - 2.6 / 3.5) + 0.5 * bce, abs=TOL)
 
     def test_mixes_per_sample_and_per_pixel_terms_with_sample_weights(self):
-        # each term is reduced by its own rules, then weighted
+        # Each term is reduced by its own rules, then weighted. Sample weights [1, 3].
+        # Dice (smooth 0, ignore_empty) per sample: 0 and 1/7 (TestDice MULTI_CASES), so
+        # (1 * 0 + 3 * 1/7) / 2. Crossentropy per pixel: sample 0 is one-hot right (0, up to
+        # the 1e-7 clip), sample 1: -log 1 and -log 0.5, weighted 3: 3 * log 2 / 4 pixels.
         sw = f32([1.0, 3.0])
-        loss = build(["dice", {"name": "crossentropy", "weight": 0.25}])
-        expected = value(Dice(), GM, PM, sw) + 0.25 * value(Crossentropy(), GM, PM, sw)
+        loss = build([{"name": "dice", "smooth": 0.0}, {"name": "crossentropy", "weight": 0.25}])
+        expected = 3 / 7 / 2 + 0.25 * 3 * math.log(2) / 4
         assert value(loss, GM, PM, sw) == pytest.approx(expected, abs=TOL)
 
     def test_pairs_take_the_loss_name(self):
@@ -1002,13 +1278,15 @@ class TestCombinedLoss:
 
 NON_DEFAULT = {
     "dice": {"smooth_nr": 0.5, "smooth_dr": 2.0, "squared": True, "per_sample": False,
-             "include_background": False, "class_weights": [1.0, 2.0, 3.0]},
+             "include_background": False, "class_weights": [1.0, 2.0, 3.0],
+             "ignore_empty": False},
     "jaccard": {"smooth": 1.0, "squared": True, "class_weights": [1.0, 2.0, 3.0]},
     "iou": {"per_sample": False},
     "generalized_dice": {"weight_type": "simple", "per_sample": False,
                          "include_background": False},
-    "tversky": {"alpha": 0.1, "beta": 0.9, "smooth": 0.0, "class_weights": [1.0, 1.0, 2.0]},
-    "focal_tversky": {"gamma": 1.5, "alpha": 0.6, "per_sample": False},
+    "tversky": {"alpha": 0.1, "beta": 0.9, "smooth": 0.0, "class_weights": [1.0, 1.0, 2.0],
+                "ignore_empty": False},
+    "focal_tversky": {"gamma": 1.5, "alpha": 0.6, "per_sample": False, "ignore_empty": False},
     "focal": {"gamma": 1.0, "alpha": [0.2, 0.3, 0.5]},
     "crossentropy": {"label_smoothing": 0.1, "class_weights": [1.0, 2.0, 3.0]},
     "weighted_crossentropy": {"pos_weight": 4.0, "multilabel": True},
@@ -1156,11 +1434,25 @@ class TestCheckLogitsHead:
                                  where="m") == "sigmoid"
 
 
-def test_module_exports_pure_functions():
-    # pure function + thin class, as keras's dice/Dice
-    for name in ("dice", "jaccard", "generalized_dice", "tversky", "focal", "crossentropy",
-                 "weighted_crossentropy"):
-        assert callable(getattr(losses, name))
+PURE_FUNCTIONS = [
+    # (function, reference, output shape on G1/P1 (1, 4, 1): (N,) or one value per pixel)
+    (losses.dice, ref.dice_loss, (1,)),
+    (losses.jaccard, ref.jaccard_loss, (1,)),
+    (losses.generalized_dice, ref.generalized_dice_loss, (1,)),
+    (losses.tversky, ref.tversky_loss, (1,)),
+    (losses.focal, ref.focal_loss, (1, 4)),
+    (losses.crossentropy, ref.crossentropy_loss, (1, 4)),
+    (losses.weighted_crossentropy, ref.weighted_crossentropy_loss, (1, 4)),
+]
+
+
+@pytest.mark.parametrize("fn, reference, shape", PURE_FUNCTIONS)
+def test_pure_functions(fn, reference, shape):
+    # pure function + thin class, as keras's dice/Dice: the function alone gives the
+    # documented shape, and its mean is the reference loss
+    out = keras.ops.convert_to_numpy(fn(G1, P1))
+    assert out.shape == shape
+    assert float(np.mean(out)) == pytest.approx(reference(G1, P1), abs=REF_TOL)
 
 
 class TestDocsTable:

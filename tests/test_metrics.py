@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import keras
 import numpy as np
 import pytest
@@ -23,6 +25,7 @@ from multiseg.metrics import (
     build_metric,
     metric_options,
 )
+from multiseg.models.build import head_losses, head_metrics
 
 TOL = 1e-6
 
@@ -53,7 +56,7 @@ def random_batches(seed: int, classes: int, count: int = 3, shape=(2, 6, 5)):
 
 # Binary example, shape (1, 6, 1):
 #   target         [1,   1,    0,   0,    1,   0]
-#   logits         [2,  -1,  0.5,  -3,  0.1,   0]  -> > 0: [1, 0, 1, 0, 1, 0]
+#   logits         [2,  -1,  0.5,  -3,  0.1,   0]  -> sigmoid > 0.5 (z > 0): [1, 0, 1, 0, 1, 0]
 #   TP = 2 (pixels 0, 4), FP = 1 (pixel 2), FN = 1 (pixel 1), TN = 2
 YB = f32([[[1], [1], [0], [0], [1], [0]]])
 ZB = f32([[[2], [-1], [0.5], [-3], [0.1], [0]]])
@@ -67,6 +70,17 @@ PB = f32([[[0.9], [0.4], [0.6], [0.1], [0.5], [0.2]]])
 #   class 0: TP 2, FP 0, FN 0;  class 1: TP 1, FP 1, FN 1;  class 2: TP 1, FP 1, FN 1
 YM = f32([[0, 1, 2, 2, 1, 0]])
 ZM = f32(np.eye(3)[[0, 2, 2, 1, 1, 0]][None] * 3.0 - 1.0)
+
+# Thresholds are probabilities, for logits too. Shape (1, 4, 1):
+#   target         [0,    1,    0,   1]
+#   probabilities  [0.69, 0.71, 0.2, 0.4]
+#   threshold 0.7: [0, 1, 0, 0] -> TP 1, FP 0, FN 1: Dice 2/3, accuracy 3/4
+#   threshold 0.3: [1, 1, 0, 1] -> TP 2, FP 1, FN 0: Dice 4/5, accuracy 3/4
+#   default 0.5:   [1, 1, 0, 0] -> TP 1, FP 1, FN 1: Dice 1/2, accuracy 2/4
+# (Cutting the logits [0.80, 0.90, -1.39, -0.41] at 0.7 would make pixel 0 positive.)
+YT = f32([[[0], [1], [0], [1]]])
+PT = f32([[[0.69], [0.71], [0.2], [0.4]]])
+ZT = f32(np.log(PT / (1 - PT)))
 
 
 class TestDiceScore:
@@ -85,6 +99,26 @@ class TestDiceScore:
     @pytest.mark.parametrize("make, y, p, expected, why", CASES)
     def test_hand_computed(self, make, y, p, expected, why):
         assert result(make(), (y, p)) == pytest.approx(expected, abs=TOL), why
+
+    @pytest.mark.parametrize("logits", [True, False])
+    @pytest.mark.parametrize("threshold, expected", [(0.7, 2 / 3), (0.3, 4 / 5),
+                                                     (None, 1 / 2)])
+    def test_threshold_is_a_probability(self, logits, threshold, expected):
+        metric = DiceScore(1, from_logits=logits, threshold=threshold)
+        assert result(metric, (YT, ZT if logits else PT)) == pytest.approx(expected, abs=TOL)
+
+    def test_threshold_on_multilabel_logits(self):
+        # two channels, each the example above: both score 2/3 at threshold 0.7
+        y, z = np.concatenate([YT, YT], -1), np.concatenate([ZT, ZT], -1)
+        metric = DiceScore(2, from_logits=True, threshold=0.7, multilabel=True)
+        assert result(metric, (y, z)) == pytest.approx(2 / 3, abs=TOL)
+
+    def test_threshold_near_one_on_large_logits(self):
+        # sigmoid(20) rounds to 1.0 in float32; the cut is made on the logit, log(t / (1 - t))
+        # = 18.4 for t = 1 - 1e-8, so 20 is positive and 18 is not.
+        y, z = f32([[[1], [0]]]), f32([[[20.0], [18.0]]])
+        metric = DiceScore(1, from_logits=True, threshold=1 - 1e-8)
+        assert result(metric, (y, z)) == pytest.approx(1.0, abs=TOL)
 
     def test_multilabel_channels_all_count(self):
         # channel 0 of a multilabel head is a label like the others: Dice 1 and 0 -> 0.5
@@ -108,9 +142,11 @@ class TestDiceScore:
         assert result(DiceScore(3), (labels, probabilities)) == 1.0
 
     def test_onehot_and_label_encodings_agree(self):
+        # the hand-computed 0.5 of CASES, whatever the encoding of the labels
         onehot = f32(np.eye(3)[YM.astype(int)])
-        assert result(DiceScore(3, from_logits=True), (onehot, ZM)) == pytest.approx(
-            result(DiceScore(3, from_logits=True), (YM[..., None], ZM)), abs=TOL)
+        for y in (onehot, YM[..., None], YM):
+            assert result(DiceScore(3, from_logits=True), (y, ZM)) == pytest.approx(0.5,
+                                                                                   abs=TOL)
 
     def test_sample_weight(self):
         # two samples: sample 0 is the binary example (TP 2, FP 1, FN 1), sample 1 perfect
@@ -136,13 +172,18 @@ class TestDiceScore:
         metric = DiceScore(1, from_logits=True)
         result(metric, (YB, ZB))
         metric.reset_state()
-        assert result(metric, (YB, -ZB)) == pytest.approx(
-            result(DiceScore(1, from_logits=True), (YB, -ZB)), abs=TOL)
+        # -ZB > 0 at pixels 1 and 3: TP 1, FP 1, FN 2 -> 2 / 5 (the first batch is gone)
+        assert result(metric, (YB, -ZB)) == pytest.approx(2 / 5, abs=TOL)
 
     ERRORS = [
         (lambda: DiceScore(0), r"`classes`=0; expected an integer >= 1"),
         (lambda: DiceScore(3, class_id=3), r"`class_id`=3; expected an integer >= 0 and < 3"),
         (lambda: DiceScore(3, threshold="half"), r"`threshold`='half'; expected a number"),
+        (lambda: DiceScore(1, threshold=1.5),
+         r"`threshold`=1.5; expected a probability in \(0, 1\) \(a logit goes through its"
+         r" sigmoid"),
+        (lambda: DiceScore(1, threshold=0), r"`threshold`=0; expected a probability"),
+        (lambda: Accuracy(1, threshold=-0.2), r"`threshold`=-0.2; expected a probability"),
         (lambda: DiceScore(3, include_background=None), r"`include_background`=None"),
     ]
 
@@ -231,6 +272,14 @@ class TestAccuracy:
         assert result(Accuracy(3, from_logits=True), (labels, z)) == pytest.approx(2 / 3,
                                                                                   abs=TOL)
 
+    @pytest.mark.parametrize("logits", [True, False])
+    @pytest.mark.parametrize("threshold, expected", [(0.7, 3 / 4), (0.3, 3 / 4),
+                                                     (None, 2 / 4)])
+    def test_threshold_is_a_probability(self, logits, threshold, expected):
+        # YT/PT: right at pixels 0, 1, 2 (threshold 0.7); 1, 2, 3 (0.3); 1, 2 (0.5)
+        metric = Accuracy(1, from_logits=logits, threshold=threshold)
+        assert result(metric, (YT, ZT if logits else PT)) == pytest.approx(expected, abs=TOL)
+
     def test_binary_image_level(self):
         # (N, 1) logits with labels (N,): > 0 gives 1, 0, 1 vs labels 1, 1, 1
         z = f32([[0.3], [-0.2], [4.0]])
@@ -317,6 +366,14 @@ class TestBoundaryF1:
         assert result(metric, *batches) == pytest.approx(ref.boundary_f1(
             batches, from_logits=True, tolerance=tolerance), abs=1e-5)
 
+    @pytest.mark.parametrize("classes", [1, 3])
+    @pytest.mark.parametrize("tolerance", [0, 2])
+    def test_outlines_match_reference(self, classes, tolerance):
+        batches = random_batches(60 + classes, classes, count=2, shape=(2, 7, 6))
+        metric = BoundaryF1(classes, from_logits=True, tolerance=tolerance, outlines=True)
+        assert result(metric, *batches) == pytest.approx(ref.boundary_f1(
+            batches, from_logits=True, tolerance=tolerance, outlines=True), abs=1e-5)
+
     def test_needs_spatial_axes(self):
         with pytest.raises(ValueError, match=r"needs 1 to 3 spatial axes"):
             BoundaryF1(3).update_state(f32([0, 1]), f32([[1, 0, 0], [0, 1, 0]]))
@@ -324,6 +381,66 @@ class TestBoundaryF1:
     def test_invalid_tolerance(self):
         with pytest.raises(ValueError, match=r"`tolerance`=-1; expected an integer >= 0"):
             BoundaryF1(1, tolerance=-1)
+
+    def test_invalid_outlines(self):
+        with pytest.raises(ValueError, match=r"`outlines`='yes'; expected True or False"):
+            BoundaryF1(1, outlines="yes")
+
+
+def outline_case():
+    """A filled 12 x 12 square (rows and cols 2-13 of a 16 x 16 image) and its 1-pixel
+    outline, the target of a boundary head: 12 * 4 - 4 = 44 pixels."""
+    filled = square(slice(2, 14), slice(2, 14), size=16)
+    outline = filled.copy()
+    outline[0, 3:13, 3:13, 0] = 0
+    return filled, outline
+
+
+class TestBoundaryF1OnOutlines:
+    """A boundary head's target is an outline map: boundary_f1 compares the maps themselves.
+
+    Filled square vs its outline, tolerance 2: a predicted pixel matches when within
+    Chebyshev distance 2 of the outline, i.e. in the square's 3 outer rings: 144 - 6 * 6 = 108
+    of 144 -> P = 0.75; every outline pixel is predicted -> R = 1; F = 1.5 / 1.75 = 6/7.
+    """
+
+    def test_filled_blob_against_outline(self):
+        filled, outline = outline_case()
+        metric = BoundaryF1(1, outlines=True)
+        assert result(metric, (outline, filled)) == pytest.approx(6 / 7, abs=TOL)
+
+    def test_outline_against_outline(self):
+        _, outline = outline_case()
+        assert result(BoundaryF1(1, outlines=True), (outline, outline)) == 1.0
+
+    def test_without_outlines_a_blob_matches_its_outline(self):
+        # why the head must say so: the inner boundary of the filled square is the outline
+        filled, outline = outline_case()
+        assert result(BoundaryF1(1), (outline, filled)) == 1.0
+
+    @staticmethod
+    def built(tiny_raw):
+        from multiseg.recipe import from_dict
+
+        tiny_raw["heads"]["boundary"]["metrics"] = ["dice", {"name": "boundary_f1"}]
+        tiny_raw["heads"]["mask"]["metrics"] = ["dice", "boundary_f1"]
+        recipe = from_dict(tiny_raw)
+        built = head_metrics(recipe, head_losses(recipe))
+        return {head: next(m for m in metrics if isinstance(m, BoundaryF1))
+                for head, metrics in built.items() if head in ("boundary", "mask")}
+
+    def test_boundary_head_sets_outlines(self, tiny_raw):
+        metrics = self.built(tiny_raw)
+        assert metrics["boundary"].outlines is True
+        assert metrics["mask"].outlines is False  # a segmentation head's target is regions
+
+    def test_boundary_head_scores_a_blob_below_one(self, tiny_raw):
+        # the head outputs logits: +-5 from the hard maps
+        metric = self.built(tiny_raw)["boundary"]
+        filled, outline = outline_case()
+        assert result(metric, (outline, 10 * filled - 5)) == pytest.approx(6 / 7, abs=TOL)
+        metric.reset_state()
+        assert result(metric, (outline, 10 * outline - 5)) == 1.0
 
 
 class TestLossTerm:
@@ -336,11 +453,19 @@ class TestLossTerm:
         assert term.name == "dice"
 
     def test_follows_combined_term(self):
+        # The term logs the crossentropy itself, without the 0.5 weight of the head's sum:
+        # Keras's own sparse categorical crossentropy on the same logits is the oracle
+        # (1e-6: both float32).
         loss = build(["dice", {"name": "crossentropy", "weight": 0.5}], from_logits=True)
         _, _, ce = loss.terms[1]
         term = LossTerm(ce, name="crossentropy")
-        expected = float(ce(YM, ZM))
-        assert result(term, (YM, ZM)) == pytest.approx(expected, abs=TOL)
+        oracle = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(YM, ZM)
+        assert result(term, (YM, ZM)) == pytest.approx(float(oracle), abs=TOL)
+        # by hand: logits 2 on one class and -1 on two: -log(e^2 / (e^2 + 2 e^-1)) per pixel;
+        # pixels 1 and 3 are wrong: -log(e^-1 / (e^2 + 2 e^-1))
+        right = math.log(1 + 2 * math.exp(-3))
+        wrong = 3 + math.log(1 + 2 * math.exp(-3))
+        assert result(term) == pytest.approx((4 * right + 2 * wrong) / 6, abs=TOL)
 
     def test_round_trip(self):
         term = LossTerm(Dice(from_logits=True, smooth=1.0), name="mask_dice")
@@ -375,6 +500,8 @@ class TestBuildMetric:
          r"unknown option 'clas_id' of metric 'dice' \(did you mean 'class_id'\?\)"),
         ({"name": "dice", "from_logits": True}, r"option 'from_logits' is decided by the head"),
         ({"name": "dice", "classes": 3}, r"option 'classes' is decided by the head"),
+        ({"name": "boundary_f1", "outlines": True},
+         r"option 'outlines' is decided by the head"),
         ({"class_id": 1}, r"a metric entry is a name or a mapping"),
         ({"name": "top_k_accuracy", "k": 9}, r"`k`=9; expected an integer in \[1, 6\)"),
     ]
@@ -394,7 +521,8 @@ class TestMetricOptions:
 
     @pytest.mark.parametrize("name", sorted(METRICS))
     def test_excludes_head_decided_arguments(self, name):
-        assert not {"classes", "from_logits", "name", "dtype"} & set(metric_options(name))
+        assert not {"classes", "from_logits", "outlines", "name", "dtype"} & set(
+            metric_options(name))
 
     def test_unknown(self):
         with pytest.raises(ValueError, match=r"unknown metric 'accuracyy' \(did you mean"):
@@ -424,6 +552,14 @@ class TestSerialization:
         assert config["registered_name"].startswith("multiseg>")
         again = keras.saving.deserialize_keras_object(config)
         assert type(again) is type(metric) and again.get_config() == metric.get_config()
+
+    def test_outlines_round_trip(self):
+        metric = build_metric("boundary_f1", classes=1, from_logits=True, outlines=True)
+        again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(metric))
+        assert again.outlines is True and again.get_config() == metric.get_config()
+        # metrics without the notion ignore it
+        assert not hasattr(build_metric("dice", classes=1, from_logits=True, outlines=True),
+                           "outlines")
 
     def test_model_evaluate_streams_and_reloads(self, tmp_path):
         # Keras's loop feeds 3 batches; the result equals the reference over all pixels.
@@ -532,8 +668,10 @@ class TestProperties:
     @given(case=batches_case())
     def test_hard_dice_equals_one_minus_batch_dice_loss(self, case):
         # On hard 0/1 predictions the soft loss, pooled over the batch without smoothing,
-        # is one minus the metric (one channel; the metric over a single batch).
+        # is one minus the metric (one channel; the metric over a single batch). The metric
+        # scores a class absent from the target but predicted 0, so the loss must not leave
+        # it out: ignore_empty=False.
         y, z = as_binary(case[1])[0]
         hard = (z > 0).astype("float32")
-        loss = float(Dice(smooth=0.0, per_sample=False)(y, hard))
+        loss = float(Dice(smooth=0.0, per_sample=False, ignore_empty=False)(y, hard))
         assert result(DiceScore(1), (y, hard)) == pytest.approx(1 - loss, abs=1e-6)

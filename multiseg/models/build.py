@@ -69,8 +69,12 @@ def head_metrics(recipe, losses: dict[str, keras.losses.Loss]) -> dict[str, list
     result = {}
     for name, head in recipe.heads.items():
         from_logits = HEAD_OUTPUTS[head.kind].from_logits
+        # A boundary head's target is an outline map already: boundary_f1 must compare the
+        # maps, not outlines re-extracted from them (a filled blob would match its outline).
+        outlines = head.kind == "boundary"
         metrics = [metrics_lib.build_metric({"name": m.name, **dict(m.options)},
-                                            classes=head.classes, from_logits=from_logits)
+                                            classes=head.classes, from_logits=from_logits,
+                                            outlines=outlines)
                    for m in head.metrics]
         terms = loss_terms(losses[name])
         if len(terms) > 1:
