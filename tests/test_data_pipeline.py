@@ -214,8 +214,17 @@ class TestReport:
         data = build_data(from_dict(crops_recipe(tmp_path / "set", tmp_path)))
         freq = {f.head: f for f in data.report.frequencies}
         assert freq["mask"].names == ("background", "object")
-        assert abs(sum(freq["mask"].fractions) - 1) < 1e-9
         assert freq["crowded"].names == ("<3", ">=3") and freq["crowded"].samples == 20
+        # The shares of the 20 unaugmented epoch-0 training crops, counted here.
+        data.train.augment = None
+        targets = [data.train.batch(0, i)[1] for i in range(len(data.train))]
+        foreground = np.mean(np.concatenate([t["mask"].ravel() for t in targets]) > 0)
+        crowded = np.mean(np.concatenate([t["crowded"] for t in targets]) == 1)
+        assert 0 < foreground < 1 and 0 < crowded < 1  # both classes occur: shares can differ
+        np.testing.assert_allclose(freq["mask"].fractions, [1 - foreground, foreground],
+                                   rtol=1e-9)
+        np.testing.assert_allclose(freq["crowded"].fractions, [1 - crowded, crowded],
+                                   rtol=1e-9)
         assert "class frequencies" in data.report.text()
         assert not data.report.warnings
 

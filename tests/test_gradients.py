@@ -240,8 +240,14 @@ class TestHeadGradients:
             assert b["grad_norm_raw"]["boundary"] == pytest.approx(
                 a["grad_norm_raw"]["boundary"], rel=1e-6)
             assert b["grad_norm"]["mask"] == pytest.approx(a["grad_norm"]["mask"], rel=1e-6)
-        assert two["loss"]["boundary"]["weighted"] == pytest.approx(
-            2 * one["loss"]["boundary"]["weighted"], rel=1e-6)
+        # The raw loss is the head's loss on a fresh training-mode forward pass; the weighted
+        # one that times the weight given.
+        raw = float(keras.ops.convert_to_numpy(head_losses(tiny_recipe)["boundary"](
+            batch[1]["boundary"], model(batch[0], training=True)["boundary"])))
+        for report, weight in ((one, 0.3), (two, 0.6)):
+            assert report["loss"]["boundary"]["raw"] == pytest.approx(raw, rel=1e-6)
+            assert report["loss"]["boundary"]["weighted"] == pytest.approx(weight * raw,
+                                                                          rel=1e-6)
 
     def test_weighted_gradient_is_what_keras_optimises(self, tiny_recipe):
         # The gradient of Keras's own compiled total loss, with weights {h: w_h}, equals the
@@ -359,12 +365,45 @@ class TestCosine:
         assert report["layers"][0]["name"] == "trunk.linear"
         assert report["conflicts"] == ["a|b"]
 
-    def test_cosine_is_symmetric_and_bounded(self, tiny_recipe):
-        report = summarise(_probe(tiny_recipe).gradients(*_batch(tiny_recipe)),
-                           learning_rate=0.01)
+    def test_cosines_from_independent_gradients(self, tiny_recipe):
+        # Per shared layer, over the shared trunk, and over the shared layers both heads of a
+        # pair reach, from each loss's own gradient (the backend's tools, not the probe's).
+        model = build_model(tiny_recipe, channels=3)
+        probe = _probe(tiny_recipe, model)
+        images, targets = _batch(tiny_recipe)
+        report = summarise(probe.gradients(images, targets), learning_rate=0.01)
+        losses = head_losses(tiny_recipe)
+        alone = {h: _independent(model, losses[h], images, targets[h], h)
+                 for h in tiny_recipe.heads}
+        shared = [(info, entry) for info, entry in zip(probe.graph.weighted_layers,
+                                                       report["layers"], strict=True)
+                  if info.owner == SHARED]
+
+        def flat(head, info):
+            return np.concatenate([np.zeros(model.trainable_variables[j].shape).ravel()
+                                   if alone[head][j] is None else
+                                   alone[head][j].astype(np.float64).ravel()
+                                   for j in info.variables])
+
         assert list(report["cosine"]) == ["mask|boundary", "mask|shape", "boundary|shape"]
-        for value in [*report["cosine"].values(), *report["cosine_common"].values()]:
-            assert -1.0 <= value <= 1.0
+        for pair in report["cosine"]:
+            a, b = pair.split("|")
+            dot = sq_a = sq_b = 0.0
+            common = np.zeros(3)
+            for info, entry in shared:
+                ga, gb = flat(a, info), flat(b, info)
+                terms = np.array([ga @ gb, ga @ ga, gb @ gb])
+                dot, sq_a, sq_b = dot + terms[0], sq_a + terms[1], sq_b + terms[2]
+                if terms[1] > 0 and terms[2] > 0:
+                    common += terms
+                    # float32 gradients, summed in another order: 1e-4 absolute.
+                    assert entry["cosine"][pair] == pytest.approx(
+                        terms[0] / np.sqrt(terms[1] * terms[2]), abs=1e-4), (entry["name"], pair)
+                else:
+                    assert entry["cosine"][pair] is None, (entry["name"], pair)
+            assert report["cosine"][pair] == pytest.approx(dot / np.sqrt(sq_a * sq_b), abs=1e-4)
+            assert report["cosine_common"][pair] == pytest.approx(
+                common[0] / np.sqrt(common[1] * common[2]), abs=1e-4)
 
 
 class TestStatistics:

@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from multiseg.models import build_model, layer_owner, parameter_counts
-from multiseg.models.layers import CropToMatch, GradientScale, PadToMultiple
+from multiseg.models.layers import (
+    CropToMatch,
+    GradientScale,
+    PadToMultiple,
+    ValidAveragePooling,
+)
 from multiseg.recipe import from_dict
 
 
@@ -44,7 +49,8 @@ class TestOutputs:
         model = build_model(tiny_recipe, channels=3)
         assert set(model.output) == set(tiny_recipe.heads)
         for head in tiny_recipe.heads:
-            assert model.get_layer(head) is not None
+            # Each output comes out of the layer named exactly after its head.
+            assert model.output[head]._keras_history.operation is model.get_layer(head)
 
     def test_two_heads_of_same_kind_and_deep_supervision(self, tiny_raw):
         raw = copy.deepcopy(tiny_raw)
@@ -140,6 +146,108 @@ class TestLayers:
         np.testing.assert_allclose(keras.ops.convert_to_numpy(grad), scale * 2 * x, rtol=1e-6)
 
     def test_layer_configs_round_trip(self):
-        for layer in (PadToMultiple(8), GradientScale(0.3), CropToMatch()):
+        for layer in (PadToMultiple(8), GradientScale(0.3), CropToMatch(),
+                      ValidAveragePooling(8)):
             clone = type(layer).from_config(layer.get_config())
             assert clone.get_config() == layer.get_config()
+        assert ValidAveragePooling.from_config(ValidAveragePooling(8).get_config()).multiple == 8
+
+    # A 9x11 image padded to a multiple of 4 is 12x12. Features of stride s (12/s cells a
+    # side) hold 0, 1, 2, ... row by row; the cells that see the image are the first
+    # ceil(9/s) rows and ceil(11/s) columns.
+    VALID_CASES = [
+        # (stride, expected mean): stride 1, 12x12 cells, rows 0-8 and columns 0-10 valid:
+        # the mean of 12 r + c over them is 12 * 4 + 5 = 53.
+        (1, 53.0),
+        # Stride 2, 6x6 cells, rows 0-4 and all 6 columns: 6 * 2 + 2.5 = 14.5.
+        (2, 14.5),
+        # Stride 4, 3x3 cells, every cell touches the image: the mean of 0..8 is 4.
+        (4, 4.0),
+    ]
+
+    @pytest.mark.parametrize("stride,expected", VALID_CASES)
+    def test_valid_average_by_hand(self, stride, expected):
+        cells = 12 // stride
+        x = np.arange(cells * cells, dtype=np.float32).reshape(1, cells, cells, 1)
+        image = np.zeros((1, 9, 11, 3), np.float32)
+        got = keras.ops.convert_to_numpy(ValidAveragePooling(4)(x, image))
+        np.testing.assert_allclose(got, [[expected]], rtol=1e-6)
+
+    def test_valid_average_without_padding_is_the_plain_mean(self):
+        x = np.random.default_rng(0).normal(size=(2, 5, 7, 3)).astype(np.float32)
+        got = keras.ops.convert_to_numpy(ValidAveragePooling()(x, np.zeros((2, 5, 7, 1))))
+        np.testing.assert_allclose(got, x.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+
+    @pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                        reason="unknown sizes inside a traced function: TensorFlow's tracing")
+    def test_valid_average_with_unknown_sizes(self):
+        import tensorflow as tf
+
+        layer = ValidAveragePooling(4)
+        pool = tf.function(layer, input_signature=[tf.TensorSpec((None, None, None, 1)),
+                                                   tf.TensorSpec((None, None, None, 3))])
+        x = np.arange(36, dtype=np.float32).reshape(1, 6, 6, 1)
+        got = pool(x, np.zeros((1, 9, 11, 3), np.float32)).numpy()
+        np.testing.assert_allclose(got, [[14.5]], rtol=1e-6)  # as in VALID_CASES, stride 2
+
+    def test_bad_multiple(self):
+        with pytest.raises(ValueError, match="multiple must be >= 1, got 0"):
+            ValidAveragePooling(0)
+
+
+def _classification_model(tiny_raw, attach):
+    """Three levels (padding to multiples of 8), one classification head on ``attach``, every
+    weight random so that features over the padding differ from those over the image."""
+    raw = copy.deepcopy(tiny_raw)
+    raw["model"].update(filters=[4, 8, 8], norm="none")
+    raw["heads"] = {"shape": {**raw["heads"]["shape"], "attach": attach}}
+    model = build_model(from_dict(raw), channels=3)
+    rng = np.random.default_rng(0)
+    model.set_weights([0.5 * rng.normal(size=w.shape).astype(np.float32)
+                       for w in model.get_weights()])
+    return model
+
+
+class TestClassificationPooling:
+    # A 33x41 image is padded to 40x48. At stride s the features have 40/s x 48/s cells, of
+    # which ceil(33/s) x ceil(41/s) cover the image.
+    CASES = [("decoder", (40, 48), (33, 41)), ("decoder.1", (20, 24), (17, 21)),
+             ("decoder.2", (10, 12), (9, 11)), ("bottleneck", (5, 6), (5, 6))]
+    # The trunk layer whose output each attach point is.
+    LAYERS = {"decoder": "trunk.dec0.act1", "decoder.1": "trunk.dec1.act1",
+              "decoder.2": "trunk.dec2.act1", "bottleneck": "trunk.bottleneck.act1"}
+
+    @pytest.mark.parametrize("attach,cells,valid", CASES, ids=[c[0] for c in CASES])
+    def test_logits_average_only_the_cells_over_the_image(self, tiny_raw, attach, cells,
+                                                          valid):
+        model = _classification_model(tiny_raw, attach)
+        probe = keras.Model(model.input, [model.get_layer(self.LAYERS[attach]).output,
+                                          model.output["shape"]])
+        image = np.random.default_rng(1).random((2, 33, 41, 3)).astype(np.float32)
+        features, logits = (keras.ops.convert_to_numpy(t) for t in probe(image))
+        assert features.shape[1:3] == cells
+        mean = features[:, : valid[0], : valid[1]].astype(np.float64).mean(axis=(1, 2))
+        if valid != cells:  # the padding's features differ: averaging them would show
+            assert np.abs(features.mean(axis=(1, 2)) - mean).max() > 1e-2
+        kernel, bias = model.get_layer("shape").get_weights()
+        # float32 sums over up to 1320 cells: 1e-5 relative.
+        np.testing.assert_allclose(logits, mean @ kernel + bias, rtol=1e-5, atol=1e-5)
+
+    def test_image_size_multiple_of_the_padding_averages_everything(self, tiny_raw):
+        model = _classification_model(tiny_raw, "decoder.1")
+        probe = keras.Model(model.input, [model.get_layer(self.LAYERS["decoder.1"]).output,
+                                          model.get_layer("shape.pool").output])
+        image = np.random.default_rng(2).random((1, 32, 40, 3)).astype(np.float32)
+        features, pooled = (keras.ops.convert_to_numpy(t) for t in probe(image))
+        np.testing.assert_allclose(pooled, features.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+
+    def test_save_and_reload(self, tiny_raw, tmp_path):
+        model = _classification_model(tiny_raw, "decoder.1")
+        path = str(tmp_path / "model.keras")
+        model.save(path)
+        loaded = keras.models.load_model(path)
+        layer = loaded.get_layer("shape.pool")
+        assert isinstance(layer, ValidAveragePooling) and layer.multiple == 8
+        image = np.random.default_rng(3).random((1, 33, 41, 3)).astype(np.float32)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(image)["shape"]),
+                                      keras.ops.convert_to_numpy(model(image)["shape"]))

@@ -52,11 +52,15 @@ def test_outputs_match_the_model(trained_tiny, images, tmp_path):
 
 def test_probabilities_written_on_request(trained_tiny, images, tmp_path):
     predict(trained_tiny.run_dir, [str(images / "b.png")], str(tmp_path), save_probabilities=True)
+    pixels = np.asarray(Image.open(images / "b.png"), np.float32) / 255.0
+    logits = {k: np.asarray(v, np.float64)[0]
+              for k, v in trained_tiny.model.predict_on_batch(pixels[None]).items()}
     probs = np.load(tmp_path / "b.mask.npy")
     assert probs.shape == (32, 32, 4)
-    np.testing.assert_allclose(probs.sum(axis=-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(probs, _softmax(logits["mask"]), atol=1e-5)
     edge = np.load(tmp_path / "b.boundary.npy")
-    assert edge.shape == (32, 32, 1) and 0 <= edge.min() and edge.max() <= 1
+    assert edge.shape == (32, 32, 1)
+    np.testing.assert_allclose(edge, 1 / (1 + np.exp(-logits["boundary"])), atol=1e-5)
 
 
 @pytest.mark.parametrize("length,tile,stride", [(100, 32, 24), (32, 32, 24), (20, 32, 24),

@@ -11,7 +11,12 @@ from dataclasses import dataclass
 
 from keras import layers
 
-from multiseg.models.layers import CropToMatch, GradientScale
+from multiseg.models.layers import (
+    CropToMatch,
+    GradientScale,
+    PadToMultiple,
+    ValidAveragePooling,
+)
 from multiseg.models.unet import norm_layer
 
 
@@ -27,6 +32,21 @@ def _entry(features, *, name: str, grad_scale: float):
     if grad_scale != 1.0:
         return GradientScale(grad_scale, name=f"{name}.grad_scale")(features)
     return features
+
+
+def _padding_multiple(features) -> int:
+    """The multiple the trunk pads the image to, found by walking back from ``features``
+    to its PadToMultiple layer; 1 (no padding) if there is none."""
+    seen, stack = set(), [features]
+    while stack:
+        operation, node_index, _ = stack.pop()._keras_history
+        if id(operation) in seen:
+            continue
+        seen.add(id(operation))
+        if isinstance(operation, PadToMultiple):
+            return operation.multiple
+        stack.extend(operation._inbound_nodes[node_index].input_tensors)
+    return 1
 
 
 def _spatial_branch(x, *, name: str, branch: tuple[int, ...], norm: str, groups: int,
@@ -72,10 +92,13 @@ def boundary_head(features, image, *, name: str, classes: int = 1, branch: tuple
 def classification_head(features, image, *, name: str, classes: int,
                         branch: tuple[int, ...] = (), scale: int = 1, grad_scale: float = 1.0,
                         norm: str = "batch", groups: int = 8, activation: str = "relu"):
-    """Image-level class logits, (N, classes), from globally pooled features."""
-    del image, scale, norm, groups  # pooled features need neither the image size nor norms
+    """Image-level class logits, (N, classes), from features averaged over the image.
+
+    Only the feature cells that cover the image are averaged, not the trunk's zero padding.
+    """
+    del scale, norm, groups  # the pooling finds the stride; no norms after it
     x = _entry(features, name=name, grad_scale=grad_scale)
-    x = layers.GlobalAveragePooling2D(name=f"{name}.pool")(x)
+    x = ValidAveragePooling(_padding_multiple(features), name=f"{name}.pool")(x, image)
     for i, units in enumerate(branch):
         x = layers.Dense(units, activation=activation, name=f"{name}.dense{i}")(x)
     return layers.Dense(classes, name=name)(x)

@@ -74,3 +74,41 @@ class GradientScale(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "scale": self.scale}
+
+
+@keras.saving.register_keras_serializable(package="multiseg")
+class ValidAveragePooling(keras.layers.Layer):
+    """Global average of ``x`` (N, h, w, C) over the cells that cover the real image, (N, C).
+
+    The trunk zero-pads the image (N, H, W, _) at the bottom/right to (Hp, Wp), multiples of
+    ``multiple``; a feature map of stride s = Hp / h then has ceil(H / s) x ceil(W / s) cells
+    that see the image, the rest see only padding. Averaging those too would make image-level
+    logits depend on how much padding the size needs. ``multiple`` 1 averages every cell.
+    """
+
+    def __init__(self, multiple: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        if multiple < 1:
+            raise ValueError(f"multiple must be >= 1, got {multiple}")
+        self.multiple = int(multiple)
+
+    def _valid(self, size, cells):
+        padded = (size + self.multiple - 1) // self.multiple * self.multiple
+        # ceil(size / stride) with stride = padded / cells, in integers.
+        return (size * cells + padded - 1) // padded
+
+    def call(self, x, image):
+        x_shape, image_shape = ops.shape(x), ops.shape(image)
+        rows = self._valid(image_shape[1], x_shape[1])
+        cols = self._valid(image_shape[2], x_shape[2])
+        mask = ops.logical_and(ops.arange(x_shape[1])[:, None] < rows,
+                               ops.arange(x_shape[2])[None, :] < cols)
+        mask = ops.cast(mask, x.dtype)[None, :, :, None]
+        count = ops.cast(rows * cols, x.dtype)
+        return ops.sum(x * mask, axis=(1, 2)) / count
+
+    def compute_output_shape(self, x_shape, image_shape):
+        return (x_shape[0], x_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "multiple": self.multiple}
