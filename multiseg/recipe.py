@@ -41,8 +41,12 @@ DEFAULT_METRICS: dict[str, list[str]] = {
     "boundary": ["dice"],
     "classification": ["accuracy"],
 }
-# Options that the head decides, never the recipe.
-HEAD_DECIDED_OPTIONS = ("from_logits",)
+# Options of losses and metrics that the head decides, never the recipe, and why.
+HEAD_DECIDED_OPTIONS = {
+    "from_logits": "its output is logits",
+    "multilabel": "a presence target, {derive: label, mode: presence}, makes a classification"
+                  " head multilabel, one sigmoid per class; any other head picks one class",
+}
 MAX_CLASSES = 4096  # output channels of one head (also the most classes a target may have)
 MAX_HEAD_NAME = 64  # characters; a head's name becomes layer names, log keys and file names
 # Names Keras or multiseg already use in the training logs ("val_<key>", "total/...",
@@ -149,6 +153,9 @@ class HeadSpec:
     loss_weight: float  # w_i in total = sum_i w_i * L_i
     metrics: tuple[MetricSpec, ...]
     grad_scale: float = 1.0  # gradient sent into the shared trunk (0 = stop-gradient)
+    # Decided by the target, never written: a presence label (multi-hot) makes the head's
+    # channels independent sigmoids, and its losses and metrics follow.
+    multilabel: bool = False
 
 
 @dataclass(frozen=True)
@@ -639,6 +646,13 @@ def target_classes(target: TargetSpec, source_targets: Mapping[str, Any]) -> int
     return info.classes
 
 
+def is_multi_hot(target: TargetSpec, source_targets: Mapping[str, Any]) -> bool:
+    """Whether the target holds one 0/1 per class: a presence label of a mask with two or more
+    foreground classes (of one foreground class it is a plain 0/1 label)."""
+    return (target.derive == "label" and target.options.get("mode") == "presence"
+            and source_targets[target.source].classes > 2)
+
+
 def target_kind(target: TargetSpec, source_targets: Mapping[str, Any]) -> str:
     """'mask' for per-pixel targets, 'label' for image-level ones."""
     if target.derive == "boundary":
@@ -648,7 +662,21 @@ def target_kind(target: TargetSpec, source_targets: Mapping[str, Any]) -> str:
     return source_targets[target.source].kind
 
 
-def _read_terms(raw: Any, path: str, kind: str) -> tuple[LossTermSpec, ...]:
+def decided_options(multilabel: bool) -> dict[str, Any]:
+    """The options a head passes to each of its losses and metrics, beyond ``from_logits``
+    (given separately): ``multilabel`` for a head whose target is multi-hot."""
+    return {"multilabel": True} if multilabel else {}
+
+
+def _refuse_single_label(name: str, options: Mapping[str, Any], what: str, where: str,
+                         multilabel: bool) -> None:
+    if multilabel and "multilabel" not in options:
+        raise RecipeError(where, f"{what} '{name}' takes one class per image; this head's"
+                          " presence target is multi-hot (one 0/1 per class)")
+
+
+def _read_terms(raw: Any, path: str, kind: str, multilabel: bool = False
+                ) -> tuple[LossTermSpec, ...]:
     from multiseg.losses import LOSSES, loss_options
     from multiseg.losses import build as build_loss
 
@@ -675,17 +703,20 @@ def _read_terms(raw: Any, path: str, kind: str) -> tuple[LossTermSpec, ...]:
         options = _read_options(sec, loss_options(name), f"loss '{name}'", ("name", "weight"))
         weight = sec.get("weight", float, 1.0, _all(_non_negative, _at_most(1e6)))
         sec.finish()
-        _try_build(where, options, build_loss, {"name": name, **options}, from_logits=True)
+        _refuse_single_label(name, loss_options(name), "loss", where, multilabel)
+        _try_build(where, options, build_loss,
+                   {"name": name, **options, **decided_options(multilabel)}, from_logits=True)
         terms.append(LossTermSpec(name=name, weight=weight, options=options))
     if all(t.weight == 0 for t in terms):
         raise RecipeError(path, "every term has weight 0: the head would learn nothing")
     return tuple(terms)
 
 
-def _check_term_channels(term: LossTermSpec, classes: int, where: str) -> None:
+def _check_term_channels(term: LossTermSpec, classes: int, where: str,
+                         multilabel: bool = False) -> None:
     """Per-channel loss options must fit the head's output channels. The loss itself can only
     tell at the first training step, deep inside Keras; the recipe knows now."""
-    sigmoid = classes == 1 or term.options.get("multilabel", False)
+    sigmoid = classes == 1 or multilabel
     weights = term.options.get("class_weights")
     if isinstance(weights, list):
         # crossentropy on one sigmoid channel weighs [background, foreground].
@@ -708,7 +739,7 @@ def _check_term_channels(term: LossTermSpec, classes: int, where: str) -> None:
     if term.name == "weighted_crossentropy" and not sigmoid:
         raise RecipeError(f"{where}.name", f"weighted_crossentropy is a per-channel sigmoid"
                           f" loss; this head has {classes} softmax classes: use crossentropy"
-                          " with class_weights, or multilabel: true")
+                          " with class_weights (a presence target makes a head multilabel)")
 
 
 # Loss and metric options whose default (None) says nothing of their type, checked here.
@@ -729,8 +760,8 @@ def _read_options(sec: _Section, allowed: Mapping[str, Any], what: str,
         if key in fixed:
             continue
         if key in HEAD_DECIDED_OPTIONS:
-            raise RecipeError(sec.sub(key), "is decided by the head (its output is logits),"
-                              " not by the recipe: remove it")
+            raise RecipeError(sec.sub(key), f"is decided by the head"
+                              f" ({HEAD_DECIDED_OPTIONS[key]}), not by the recipe: remove it")
         if key not in allowed:
             raise RecipeError(sec.sub(key), f"unknown option of {what}"
                               f"{_suggest(key, [*allowed, *fixed])}. Options: "
@@ -779,7 +810,8 @@ def _try_build(path: str, options: Mapping[str, Any], make: Callable[..., Any], 
         raise RecipeError(path, message) from None
 
 
-def _read_metrics(raw: Any, path: str, kind: str, classes: int) -> tuple[MetricSpec, ...]:
+def _read_metrics(raw: Any, path: str, kind: str, classes: int, multilabel: bool = False
+                  ) -> tuple[MetricSpec, ...]:
     from multiseg.metrics import METRICS, build_metric, metric_options
 
     if raw is None:
@@ -804,12 +836,14 @@ def _read_metrics(raw: Any, path: str, kind: str, classes: int) -> tuple[MetricS
                               f" Expected one of: {', '.join(METRICS)}")
         options = _read_options(sec, metric_options(name), f"metric '{name}'", ("name",))
         sec.finish()
-        if (options.get("threshold") is not None and classes > 1
-                and not options.get("multilabel")):
-            raise RecipeError(f"{where}.threshold", "applies to one-channel or multilabel heads;"
-                              f" this head picks the most likely of its {classes} classes")
-        _try_build(where, options, build_metric, {"name": name, **options}, classes=classes,
-                   from_logits=True)
+        if options.get("threshold") is not None and classes > 1 and not multilabel:
+            raise RecipeError(f"{where}.threshold", "applies to one-channel or multilabel"
+                              " (presence) heads; this head picks the most likely of its"
+                              f" {classes} classes")
+        _refuse_single_label(name, metric_options(name), "metric", where, multilabel)
+        _try_build(where, options, build_metric,
+                   {"name": name, **options, **decided_options(multilabel)},
+                   classes=classes, from_logits=True)
         label = options.get("class_id", "")
         if (name, label) in seen:
             raise RecipeError(where, f"metric '{name}' is listed twice")
@@ -820,7 +854,12 @@ def _read_metrics(raw: Any, path: str, kind: str, classes: int) -> tuple[MetricS
 
 def _read_head(name: str, sec: _Section, levels: int, source_targets: Mapping[str, Any]
                ) -> HeadSpec:
-    sec.expect(*(f.name for f in dataclasses.fields(HeadSpec) if f.name != "name"))
+    if sec.has("multilabel"):
+        raise RecipeError(sec.sub("multilabel"), f"is decided by the head"
+                          f" ({HEAD_DECIDED_OPTIONS['multilabel']}), not by the recipe:"
+                          " remove it")
+    sec.expect(*(f.name for f in dataclasses.fields(HeadSpec)
+                 if f.name not in ("name", "multilabel")))
     kind = sec.choice("kind", HEAD_KINDS)
     raw_target = sec.raw_value("target")
     if raw_target is None:
@@ -870,17 +909,19 @@ def _read_head(name: str, sec: _Section, levels: int, source_targets: Mapping[st
     branch = _int_list(sec.get("branch", (list, int), []), sec.sub("branch"), min_len=0)
     if len(branch) > 16:
         raise RecipeError(sec.sub("branch"), f"at most 16 layers, got {len(branch)}")
-    loss = _read_terms(sec.raw_value("loss"), sec.sub("loss"), kind)
+    multilabel = is_multi_hot(target, source_targets)
+    loss = _read_terms(sec.raw_value("loss"), sec.sub("loss"), kind, multilabel)
     for i, term in enumerate(loss):
         where = f"{sec.sub('loss')}[{i}]" if isinstance(sec.raw.get("loss"), list) else sec.sub(
             "loss")
-        _check_term_channels(term, classes, where)
+        _check_term_channels(term, classes, where, multilabel)
     loss_weight = sec.get("loss_weight", float, 1.0, _all(_non_negative, _at_most(1e6)))
-    metrics = _read_metrics(sec.raw_value("metrics"), sec.sub("metrics"), kind, classes)
+    metrics = _read_metrics(sec.raw_value("metrics"), sec.sub("metrics"), kind, classes,
+                            multilabel)
     grad_scale = sec.get("grad_scale", float, 1.0, _all(_non_negative, _at_most(1e3)))
     return HeadSpec(name=name, kind=kind, classes=classes, attach=attach, branch=branch,
                     target=target, loss=loss, loss_weight=loss_weight, metrics=metrics,
-                    grad_scale=grad_scale)
+                    grad_scale=grad_scale, multilabel=multilabel)
 
 
 def _read_train(sec: _Section) -> TrainSpec:

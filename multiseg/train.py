@@ -22,6 +22,7 @@ from dataclasses import dataclass  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from multiseg import load_model  # noqa: E402
 from multiseg import recipe as recipe_lib  # noqa: E402
 from multiseg.callbacks import (  # noqa: E402
     AtomicCheckpoint,
@@ -60,24 +61,126 @@ class TrainResult:
 
 
 def _comparable(recipe_dict: dict) -> dict:
-    # Raising the epoch count and resuming is a normal way to train longer.
+    # Raising the epoch count and resuming is a normal way to train longer; check_run_dir
+    # judges the epochs against the run's checkpoint and learning-rate schedule.
     train = {k: v for k, v in recipe_dict["train"].items() if k != "epochs"}
     return {**recipe_dict, "train": train, "output": None}
 
 
-def prepare_run_dir(recipe, *, fresh: bool) -> str:
-    """Creates the run directory, refusing to mix two different recipes in one."""
+@dataclass(frozen=True)
+class RunState:
+    """What a run directory holds when a run starts, as ``check_run_dir`` found it."""
+
+    checkpoint: tuple[int, int, str] | None  # (epochs done, steps into the next, weights)
+    complete: bool  # at train.epochs, with metrics.json and model.keras recording it
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _check_writable(run_dir: str) -> None:
+    node = os.path.abspath(run_dir)
+    while not os.path.exists(node) and os.path.dirname(node) != node:
+        node = os.path.dirname(node)
+    if not os.path.isdir(node):
+        problem = f"{node} is a file"
+    elif not os.access(node, os.W_OK | os.X_OK):
+        problem = f"{node} is not writable"
+    else:
+        return
+    raise RunDirError(f"cannot write the run directory {run_dir}: {problem}")
+
+
+def check_run_dir(recipe, *, fresh: bool) -> RunState:
+    """Reads the run directory, writing nothing, and refuses what this recipe cannot continue:
+    another recipe's run, a run trained past ``train.epochs`` (its records would then describe
+    a model they do not hold), or a cosine schedule whose length would change mid-run.
+
+    Raises:
+        RunDirError: saying what the directory holds and what to do.
+    """
     run_dir = recipe.output
+    _check_writable(run_dir)
+    if fresh:
+        return RunState(checkpoint=None, complete=False)
     saved = os.path.join(run_dir, "recipe.yaml")
-    if os.path.exists(saved) and not fresh:
+    previous = None
+    if os.path.exists(saved):
         try:
-            previous = recipe_lib.from_dict(recipe_lib.load_raw(saved)).to_dict()
-        except recipe_lib.RecipeError:
-            previous = None
-        if previous is None or _comparable(previous) != _comparable(recipe.to_dict()):
+            previous = recipe_lib.from_dict(recipe_lib.load_raw(saved))
+        except recipe_lib.RecipeError as exc:
+            raise RunDirError(
+                f"{run_dir} holds a run whose recipe this multiseg cannot read ({exc}). Use"
+                " another --output, or --fresh to delete that run and start over.") from None
+        if _comparable(previous.to_dict()) != _comparable(recipe.to_dict()):
             raise RunDirError(
                 f"{run_dir} holds a run of a different recipe ({saved}). Use another --output,"
                 " or --fresh to delete that run and start over.")
+    found = latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    if found is None:
+        return RunState(checkpoint=None, complete=False)
+    epoch, step, path = found
+    wanted = recipe.train.epochs
+    planned = previous.train.epochs if previous is not None else wanted
+    cosine = recipe.train.lr_schedule == "cosine"
+    if (epoch, step) > (wanted, 0):
+        # Its model and metrics would be labelled with an epoch count they were not trained for.
+        done = f"{_epochs(epoch)}" + (f" and {step} steps" if step else "")
+        keep = (f"train.epochs={planned}" if cosine else
+                f"train.epochs={epoch + 1 if step else epoch} or more")
+        raise RunDirError(
+            f"{run_dir} has {done} done ({os.path.relpath(path, run_dir)}), more than"
+            f" train.epochs={wanted}: a run is not cut back. Keep {keep} for this run, or"
+            f" train {_epochs(wanted)} in a new one: another --output, or --fresh to delete"
+            " this run and start over.")
+    if cosine and planned != wanted:
+        # The decay spans epochs x steps: another length moves every remaining step's rate, so
+        # it would jump at the resume point (up after a finished run, down within one).
+        state = "finished" if (epoch, step) == (planned, 0) else "stopped"
+        raise RunDirError(
+            f"{run_dir} was trained {epoch} of {planned} epochs"
+            f"{f' and {step} steps' if step else ''} ({state}) with lr_schedule: cosine, which"
+            f" decays over those {planned} epochs: with train.epochs={wanted} the learning rate"
+            f" would jump at epoch {epoch}. Keep train.epochs={planned} to"
+            f" {'leave this run as it is' if state == 'finished' else 'resume it'}, or train"
+            f" {_epochs(wanted)} in a new run: another --output, or --fresh to delete this one."
+            " (A run with lr_schedule: constant can be resumed with more epochs.)")
+    complete = ((epoch, step) == (wanted, 0)
+                and _read_json(os.path.join(run_dir, "metrics.json")).get("epochs") == wanted
+                and os.path.isfile(os.path.join(run_dir, "model.keras")))
+    return RunState(checkpoint=found, complete=complete)
+
+
+def _epochs(count: int) -> str:
+    return f"{count} epoch{'' if count == 1 else 's'}"
+
+
+def _finished_run(recipe, verbose) -> TrainResult:
+    """The records of a run that already reached train.epochs, read and left untouched."""
+    run_dir = recipe.output
+    epochs = recipe.train.epochs
+    if verbose:
+        longer = ("raise train.epochs" if recipe.train.lr_schedule == "constant" else
+                  "start a new run with more epochs (another --output, or --fresh): the"
+                  " cosine schedule spans the run's epochs")
+        print(f"{run_dir} is complete: {epochs} of {_epochs(epochs)} trained; its metrics.json"
+              f" and model.keras are left as they are. To train longer, {longer}.", flush=True)
+    model = load_model(os.path.join(run_dir, "model.keras"))
+    metrics = _read_json(os.path.join(run_dir, "metrics.json"))
+    return TrainResult(model=model, run_dir=run_dir, metrics=metrics, epochs_run=0)
+
+
+def prepare_run_dir(recipe, *, fresh: bool) -> str:
+    """Creates the run directory (after ``check_run_dir``): with ``fresh``, deletes the run
+    it holds; then writes the resolved recipe."""
+    run_dir = recipe.output
+    saved = os.path.join(run_dir, "recipe.yaml")
     if fresh and os.path.isdir(run_dir):
         for name in ("checkpoints", "logs", "metrics.json", "model.keras"):
             path = os.path.join(run_dir, name)
@@ -155,12 +258,16 @@ def _preview(data, heads: list[str], count: int = 4) -> tuple:
 
 def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
           recipe_path: str | None = None, extra_callbacks=()) -> TrainResult:
-    """Trains ``recipe`` into its run directory, resuming from its last checkpoint if any."""
-    run_dir = prepare_run_dir(recipe, fresh=fresh)
+    """Trains ``recipe`` into its run directory, resuming from its last checkpoint if any.
+    Everything that can be refused (the run directory, the data, the first batch's targets)
+    is checked before the directory is written or, with ``fresh``, emptied."""
+    if check_run_dir(recipe, fresh=fresh).complete:
+        return _finished_run(recipe, verbose)
     _seed_everything(recipe)
     # When the summary is printed, the report is part of it; otherwise it goes to the log.
     data = build_data(recipe, log_report=not verbose)
     _check_first_batch(recipe, data)
+    run_dir = prepare_run_dir(recipe, fresh=fresh)
     model = build_model(recipe, channels=data.channels)
     steps = len(data.train)
     compile_model(model, recipe, total_steps=steps * recipe.train.epochs)
@@ -232,25 +339,29 @@ def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
         HeadLogs(weights)._add(train_logs)
     val_logs = model.evaluate(validation, verbose=0, return_dict=True)
     HeadLogs(weights)._add(val_logs)
+    # The epochs this model has had (a callback may stop a run early), never the asked number.
+    done = (latest_checkpoint(checkpoint_dir) or (initial_epoch,))[0]
     metrics = {
         "recipe": recipe.name,
-        "epochs": recipe.train.epochs,
-        "seconds": round(elapsed, 2),
+        "epochs": done,
+        "seconds": round(elapsed, 2) if train_logs else None,
         "train": nest_logs(train_logs, recipe.heads),
         "val": nest_logs(val_logs, recipe.heads),
     }
-    if not train_logs and os.path.exists(metrics_path):
-        # Nothing left to train: keep the figures of the run that finished.
-        with open(metrics_path, encoding="utf-8") as handle:
-            metrics["train"] = json.load(handle).get("train", {})
-    write_json_atomic(metrics_path, metrics)
+    previous = _read_json(metrics_path)
+    if not train_logs and previous.get("epochs") == done:
+        # Nothing trained here (the model was lost after the last checkpoint): keep the
+        # figures that the training itself recorded.
+        metrics["train"], metrics["seconds"] = previous.get("train", {}), previous.get("seconds")
+    # metrics.json last: with the checkpoint, it marks the run complete (check_run_dir).
     save_model_atomic(model, os.path.join(run_dir, "model.keras"))
+    write_json_atomic(metrics_path, metrics)
     if verbose:
         print(format_metrics(metrics["val"], "validation"), flush=True)
         print(f"run directory: {run_dir} (tensorboard --logdir {os.path.join(run_dir, 'logs')})",
               flush=True)
     return TrainResult(model=model, run_dir=run_dir, metrics=metrics,
-                       epochs_run=epochs - resumed_from)
+                       epochs_run=done - resumed_from)
 
 
 def _record_data_report(report, run_dir: str, tensorboard: TensorBoardLogs) -> None:

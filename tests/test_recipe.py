@@ -278,8 +278,8 @@ class TestOptions:
         ("boundary", {"name": "boundary_f1", "tolerance": True}, "metrics[0].tolerance",
          "expected an integer, got a boolean"),
         ("shape", {"name": "top_k_accuracy", "k": 2.5}, "metrics[0].k", "expected an integer"),
-        ("boundary", {"name": "dice", "multilabel": 1}, "metrics[0].multilabel",
-         "expected a boolean"),
+        ("boundary", {"name": "dice", "multilabel": True}, "metrics[0].multilabel",
+         "decided by the head"),
         ("boundary", {"name": "dice", "threshold": 0}, "metrics[0].threshold", r"\(0, 1\)"),
         ("boundary", {"name": "dice", "threshold": 1}, "metrics[0].threshold", r"\(0, 1\)"),
         ("boundary", {"name": "dice", "threshold": -0.5}, "metrics[0].threshold", r"\(0, 1\)"),
@@ -300,6 +300,76 @@ class TestOptions:
         with pytest.raises(RecipeError, match="expected a number, got a boolean") as info:
             from_dict(tiny_raw)
         assert info.value.path == "heads.boundary.loss.alpha"
+
+
+class TestMultilabel:
+    """A presence target (multi-hot) makes its head multilabel: the head decides, like
+    from_logits, and its losses and metrics follow; a recipe never writes it."""
+
+    PRESENCE = {"derive": "label", "from": "mask", "mode": "presence"}
+
+    def test_presence_head_is_multilabel(self, tiny_raw):
+        from multiseg.models.build import head_losses, head_metrics, loss_terms
+
+        _head(tiny_raw, "shape", target=self.PRESENCE,
+              loss=[{"name": "crossentropy"}, {"name": "dice"}],
+              metrics=["accuracy", {"name": "precision", "threshold": 0.7}])
+        recipe = from_dict(tiny_raw)
+        assert recipe.heads["shape"].multilabel
+        assert not recipe.heads["mask"].multilabel and not recipe.heads["boundary"].multilabel
+        losses = head_losses(recipe)
+        assert [loss.multilabel for _, _, loss in loss_terms(losses["shape"])] == [True, True]
+        assert not any(loss.multilabel for _, _, loss in loss_terms(losses["mask"]))
+        shape = head_metrics(recipe, losses)["shape"]
+        assert [m.multilabel for m in shape if hasattr(m, "multilabel")] == [True, True]
+        # Decided, not written: the resolved recipe has no multilabel and reloads equal.
+        assert "multilabel" not in dump(recipe)
+        assert from_dict(yaml.safe_load(dump(recipe))) == recipe
+
+    @pytest.mark.parametrize("source,target", [
+        ("shapes", "label"),
+        ("shapes", {"derive": "label", "from": "mask"}),  # dominant: one class per image
+        ("cells", {"derive": "label", "from": "mask", "mode": "presence"}),  # binary mask
+    ], ids=["source-label", "dominant", "presence-of-a-binary-mask"])
+    def test_one_class_per_image_is_not_multilabel(self, tiny_raw, source, target):
+        tiny_raw["data"]["source"] = source
+        tiny_raw["heads"] = {"label": {"kind": "classification", "target": target}}
+        assert not from_dict(tiny_raw).heads["label"].multilabel
+
+    @pytest.mark.parametrize("change,where", [
+        ({"loss": {"name": "crossentropy", "multilabel": True}}, "heads.shape.loss.multilabel"),
+        ({"loss": [{"name": "crossentropy", "multilabel": False}]},
+         "heads.shape.loss[0].multilabel"),
+        ({"metrics": [{"name": "accuracy", "multilabel": True}]},
+         "heads.shape.metrics[0].multilabel"),
+        ({"multilabel": True}, "heads.shape.multilabel"),
+    ], ids=["loss", "loss-false", "metric", "head"])
+    @pytest.mark.parametrize("presence", [True, False], ids=["presence", "label"])
+    def test_written_multilabel_refused(self, tiny_raw, change, where, presence):
+        _head(tiny_raw, "shape", **change, **({"target": self.PRESENCE} if presence else {}))
+        with pytest.raises(RecipeError, match="decided by the head") as info:
+            from_dict(tiny_raw)
+        assert info.value.path == where
+        assert "presence" in info.value.message and "remove it" in info.value.message
+
+    def test_top_k_on_a_presence_head_refused(self, tiny_raw):
+        _head(tiny_raw, "shape", target=self.PRESENCE,
+              metrics=[{"name": "top_k_accuracy", "k": 2}])
+        with pytest.raises(RecipeError, match="one class per image") as info:
+            from_dict(tiny_raw)
+        assert info.value.path == "heads.shape.metrics[0]"
+
+    def test_multilabel_options_fit_a_presence_head(self, tiny_raw):
+        # Per-channel sigmoid options, refused on a softmax head, fit a presence head.
+        _head(tiny_raw, "shape", target=self.PRESENCE,
+              loss=[{"name": "weighted_crossentropy"}, {"name": "focal", "alpha": 0.25}],
+              metrics=[{"name": "dice", "threshold": 0.4}])
+        from_dict(tiny_raw)
+        _head(tiny_raw, "shape", target="label")
+        with pytest.raises(RecipeError, match="softmax") as info:
+            from_dict(tiny_raw)
+        assert info.value.path == "heads.shape.loss[0].name"
+        assert "presence" in info.value.message
 
 
 class TestMistakeOrder:

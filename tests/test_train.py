@@ -153,6 +153,40 @@ class TestResume:
         assert any(not np.array_equal(a, b) for a, b in
                    zip(weights, second.model.get_weights(), strict=False))
 
+    def test_cosine_with_other_epochs_refused(self, tiny_raw, capsys):
+        # The cosine decay spans the run's epochs: another count would make the learning rate
+        # jump at the resume point, up after a finished run, down in the middle of one.
+        tiny_raw["data"]["train"] = 8
+        tiny_raw["train"].update(epochs=2, lr_schedule="cosine")
+        run = train(from_dict(tiny_raw), verbose=0).run_dir
+        before = _snapshot(run)
+        tiny_raw["train"]["epochs"] = 3
+        with pytest.raises(RunDirError, match="lr_schedule: cosine") as info:
+            train(from_dict(tiny_raw), verbose=0)
+        message = str(info.value)
+        assert "2 of 2 epochs" in message and "train.epochs=2" in message
+        assert "--fresh" in message and "constant" in message
+        assert _snapshot(run) == before
+
+    def test_cosine_learning_rate_continues_across_a_resume(self, tiny_raw):
+        # Interrupted after epoch 1 of 2 (a checkpoint and no records), then resumed: the
+        # schedule goes on from the restored step count, as in one uninterrupted run.
+        tiny_raw["data"]["train"] = 8
+        tiny_raw["train"].update(epochs=2, lr_schedule="cosine")
+        recipe = from_dict(tiny_raw)
+
+        class Stop(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                self.model.stop_training = True
+
+        first = train(recipe, verbose=0, extra_callbacks=[Stop()])
+        assert first.model.optimizer.iterations.numpy() == 1
+        second = train(recipe, verbose=0)
+        optimizer = second.model.optimizer
+        assert optimizer.iterations.numpy() == 2
+        # CosineDecay over 2 steps from 0.01, after 2 steps: 0.
+        assert float(optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)
+
     def test_other_recipe_in_same_dir_refused(self, tiny_raw):
         tiny_raw["data"]["train"] = 8
         train(from_dict(tiny_raw), verbose=0)
@@ -161,6 +195,129 @@ class TestResume:
             train(from_dict(tiny_raw), verbose=0)
         result = train(from_dict(tiny_raw), verbose=0, fresh=True)
         assert result.epochs_run == 1
+
+
+def _snapshot(run_dir) -> dict:
+    """Every file of a run directory with its bytes and modification time."""
+    files = {}
+    for root, _, names in os.walk(run_dir):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as handle:
+                files[os.path.relpath(path, run_dir)] = (handle.read(), os.stat(path).st_mtime_ns)
+    return files
+
+
+class TestRunRecords:
+    """A run's records are written by the run that produced them, and by no other."""
+
+    def test_finished_run_with_fewer_epochs_refused(self, tmp_path, tiny_raw, capsys):
+        tiny_raw["data"]["train"] = 8
+        tiny_raw["train"]["epochs"] = 2
+        run = train(from_dict(tiny_raw), verbose=0).run_dir
+        before = _snapshot(run)
+        tiny_raw["train"]["epochs"] = 1
+        with pytest.raises(RunDirError, match="2 epochs done") as info:
+            train(from_dict(tiny_raw), verbose=0)
+        message = str(info.value)
+        assert "train.epochs=1" in message and "--fresh" in message and "--output" in message
+        path = tmp_path / "recipe.yaml"
+        path.write_text(yaml.safe_dump(tiny_raw, sort_keys=False))
+        assert main([str(path)]) == 2
+        assert f"error: {message}" in capsys.readouterr().err
+        assert _snapshot(run) == before
+
+    def test_finished_run_again_is_left_as_it_is(self, tmp_path, tiny_raw, capsys):
+        tiny_raw["data"]["train"] = 8
+        first = train(from_dict(tiny_raw), verbose=0)
+        before = _snapshot(first.run_dir)
+        path = tmp_path / "recipe.yaml"
+        path.write_text(yaml.safe_dump(tiny_raw, sort_keys=False))
+        assert main([str(path)]) == 0
+        out = capsys.readouterr().out
+        assert f"{first.run_dir} is complete: 1 of 1 epoch trained" in out
+        assert "resuming" not in out
+        assert _snapshot(first.run_dir) == before
+        again = train(from_dict(tiny_raw), verbose=0)
+        assert again.epochs_run == 0
+        assert again.metrics == first.metrics
+        for a, b in zip(first.model.get_weights(), again.model.get_weights(), strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert _snapshot(first.run_dir) == before
+
+    def test_lost_records_are_rewritten_from_the_last_checkpoint(self, tiny_raw):
+        # Killed after the last checkpoint, before metrics.json: the same command finishes it.
+        tiny_raw["data"]["train"] = 8
+        first = train(from_dict(tiny_raw), verbose=0)
+        os.remove(os.path.join(first.run_dir, "metrics.json"))
+        again = train(from_dict(tiny_raw), verbose=0)
+        assert again.epochs_run == 0
+        with open(os.path.join(first.run_dir, "metrics.json")) as handle:
+            metrics = json.load(handle)
+        assert metrics["epochs"] == 1 and metrics["seconds"] is None
+        assert metrics["val"]["mask"]["loss"] == pytest.approx(
+            first.metrics["val"]["mask"]["loss"], rel=1e-5)
+
+
+class TestChecksBeforeWriting:
+    """Every mistake that can be found is found before the run directory is touched."""
+
+    @staticmethod
+    def _folder(root, count=6, size=16):
+        from PIL import Image
+
+        rng = np.random.default_rng(0)
+        for i in range(count):
+            mask = np.zeros((size, size), np.uint8)
+            mask[4:10, 3:9] = 1
+            image = (40 + 160 * mask + rng.integers(0, 20, mask.shape)).astype(np.uint8)
+            os.makedirs(root / "images", exist_ok=True)
+            os.makedirs(root / "masks", exist_ok=True)
+            Image.fromarray(image).save(root / "images" / f"img{i}.png")
+            Image.fromarray(mask * 255).save(root / "masks" / f"img{i}.png")
+
+    def _folder_raw(self, tmp_path, tiny_raw):
+        self._folder(tmp_path / "set")
+        (tmp_path / "set" / "masks" / "img2.png").write_bytes(b"not a png")
+        raw = {**tiny_raw, "data": {"source": {"kind": "folder", "path": str(tmp_path / "set")},
+                                    "image_size": [16, 16]},
+               "heads": {"mask": {"kind": "segmentation", "target": "mask"}}}
+        return raw
+
+    def test_data_error_writes_nothing(self, tmp_path, tiny_raw):
+        from multiseg.data import DataError
+
+        raw = self._folder_raw(tmp_path, tiny_raw)
+        with pytest.raises(DataError, match="img2.png"):
+            train(from_dict(raw), verbose=0)
+        assert not os.path.exists(raw["output"])
+        # The fixed recipe is the first one this directory sees, not "a different recipe".
+        raw["data"]["source"]["bad_files"] = "skip"
+        assert train(from_dict(raw), verbose=0).epochs_run == 1
+
+    def test_fresh_deletes_nothing_before_a_data_error(self, tmp_path, tiny_raw):
+        from multiseg.data import DataError
+
+        tiny_raw["data"]["train"] = 8
+        run = train(from_dict(tiny_raw), verbose=0).run_dir
+        before = _snapshot(run)
+        raw = self._folder_raw(tmp_path, tiny_raw)
+        with pytest.raises(DataError, match="img2.png"):
+            train(from_dict(raw), verbose=0, fresh=True)
+        assert _snapshot(run) == before
+
+    def test_other_recipe_refused_before_the_data_is_read(self, tiny_raw, monkeypatch):
+        tiny_raw["data"]["train"] = 8
+        train(from_dict(tiny_raw), verbose=0)
+        tiny_raw["heads"]["mask"]["loss_weight"] = 0.3
+        import multiseg.train as train_module
+
+        def no_data(*args, **kwargs):
+            raise AssertionError("the data was read before the run directory was checked")
+
+        monkeypatch.setattr(train_module, "build_data", no_data)
+        with pytest.raises(RunDirError, match="different recipe"):
+            train(from_dict(tiny_raw), verbose=0)
 
 
 class TestCommandLine:

@@ -69,36 +69,6 @@ def target_names(target: HeadTarget, infos: dict[str, TargetInfo]) -> tuple[str,
     return tuple(names)
 
 
-def _multi_hot(target: HeadTarget) -> bool:
-    return (target.derive == "label" and target.options.get("mode") == "presence"
-            and target.source_classes > 1)
-
-
-def _check_multilabel(recipe, targets: list[HeadTarget]) -> None:
-    from multiseg.recipe import RecipeError
-
-    for target in targets:
-        if not _multi_hot(target):
-            continue
-        head = recipe.heads[target.head]
-        for i, term in enumerate(head.loss):
-            if not term.options.get("multilabel", False):
-                raise RecipeError(f"heads.{target.head}.loss[{i}]", "a presence target is"
-                                  " multi-hot (one 0/1 per class): set multilabel: true on"
-                                  " every loss term and metric of this head")
-        for i, metric in enumerate(head.metrics):
-            if "multilabel" in _metric_options(metric.name) and not metric.options.get(
-                    "multilabel", False):
-                raise RecipeError(f"heads.{target.head}.metrics[{i}]", "a presence target is"
-                                  " multi-hot: set multilabel: true on this metric")
-
-
-def _metric_options(name: str) -> dict:
-    from multiseg.metrics import metric_options
-
-    return metric_options(name)
-
-
 def _channels(samples) -> int:
     if isinstance(samples, Stacked):
         return int(samples.arrays["image"].shape[-1])
@@ -118,13 +88,11 @@ def build_data(recipe, *, frequencies: bool = True, log_report: bool = True) -> 
 
     Raises:
         DataError: a bad file (unless ``bad_files: skip``), or no usable data, naming it.
-        RecipeError: a head whose target needs options the recipe lacks.
     """
     spec = recipe.data
     kind, options = spec.source.kind, dict(spec.source.options)
     infos = source_targets(kind, options)
     targets = head_targets(recipe)
-    _check_multilabel(recipe, targets)
     augment = augment_options(spec.augment)
     batch_size = recipe.train.batch_size
     notes: list[str] = []
@@ -167,7 +135,7 @@ def build_data(recipe, *, frequencies: bool = True, log_report: bool = True) -> 
                         channels=channels, images=images, notes=notes, skipped=skipped,
                         held_out_tiles=held_out)
     if frequencies:
-        kinds = {t.head: ("multilabel" if _multi_hot(t) else
+        kinds = {t.head: ("multilabel" if recipe.heads[t.head].multilabel else
                           "label" if recipe.heads[t.head].kind == "classification" else "mask")
                  for t in targets}
         names = {t.head: target_names(t, infos) for t in targets}

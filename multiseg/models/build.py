@@ -8,6 +8,7 @@ from multiseg import losses as losses_lib
 from multiseg import metrics as metrics_lib
 from multiseg.models.heads import HEAD_OUTPUTS, HEADS
 from multiseg.models.unet import TRUNK_PREFIX, unet_trunk
+from multiseg.recipe import decided_options
 
 
 def build_model(recipe, *, channels: int) -> keras.Model:
@@ -48,10 +49,12 @@ def parameter_counts(model: keras.Model, heads) -> dict[str, int]:
 
 
 def head_losses(recipe) -> dict[str, keras.losses.Loss]:
-    """Each head's loss: its weighted terms, told whether the head outputs logits."""
+    """Each head's loss: its weighted terms, told whether the head outputs logits and whether
+    its channels are independent (multilabel)."""
     result = {}
     for name, head in recipe.heads.items():
-        entries = [{"name": t.name, "weight": t.weight, **dict(t.options)} for t in head.loss]
+        entries = [{"name": t.name, "weight": t.weight, **dict(t.options),
+                    **decided_options(head.multilabel)} for t in head.loss]
         result[name] = losses_lib.build(entries if len(entries) > 1 else entries[0],
                                         from_logits=HEAD_OUTPUTS[head.kind].from_logits)
     return result
@@ -72,7 +75,8 @@ def head_metrics(recipe, losses: dict[str, keras.losses.Loss]) -> dict[str, list
         # A boundary head's target is an outline map already: boundary_f1 must compare the
         # maps, not outlines re-extracted from them (a filled blob would match its outline).
         outlines = head.kind == "boundary"
-        metrics = [metrics_lib.build_metric({"name": m.name, **dict(m.options)},
+        metrics = [metrics_lib.build_metric({"name": m.name, **dict(m.options),
+                                             **decided_options(head.multilabel)},
                                             classes=head.classes, from_logits=from_logits,
                                             outlines=outlines)
                    for m in head.metrics]
