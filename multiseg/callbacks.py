@@ -244,14 +244,14 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         self.save(epoch + 1)
 
 
-def _seed_states(model: keras.Model) -> list:
+def seed_states(model: keras.Model) -> list:
     return [v for v in model.non_trainable_variables if "seed_generator_state" in v.path]
 
 
 def rng_state(model: keras.Model) -> list[list[int]]:
     """The states of the model's random generators (dropout...), which weight files leave out,
     in model order (their variable names depend on how many models the process has built)."""
-    return [np.asarray(v).tolist() for v in _seed_states(model)]
+    return [np.asarray(v).tolist() for v in seed_states(model)]
 
 
 def restore_rng_state(model: keras.Model, directory: str, weights_path: str) -> bool:
@@ -264,7 +264,7 @@ def restore_rng_state(model: keras.Model, directory: str, weights_path: str) -> 
         return False
     if not isinstance(state, dict) or state.get("weights") != os.path.basename(weights_path):
         return False
-    saved, variables = state.get("rng"), _seed_states(model)
+    saved, variables = state.get("rng"), seed_states(model)
     if not isinstance(saved, list) or len(saved) != len(variables):
         return False
     for variable, value in zip(variables, saved, strict=True):

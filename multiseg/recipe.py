@@ -22,7 +22,7 @@ import yaml
 RECIPE_VERSION = 1
 
 HEAD_KINDS = ("segmentation", "boundary", "classification")
-NORMS = ("batch", "group", "none")
+NORMS = ("batch", "group", "instance", "none")
 UPSAMPLE_MODES = ("transpose", "resize")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 WEIGHTINGS = ("static",)
@@ -114,8 +114,11 @@ class ModelSpec:
     trunk: str = "unet"
     filters: tuple[int, ...] = (16, 32, 64, 128)  # one entry per level; bottleneck doubles last
     convs_per_level: int = 2
-    norm: str = "batch"  # batch | group | none
+    norm: str = "batch"  # batch | group | instance | none
     groups: int = 8  # groups for norm: group (reduced to divide the channel count)
+    # norm: batch -- weight of the old value in the moving statistics. Keras's 0.99 needs
+    # many hundreds of steps to forget its initial values; 0.9 (PyTorch's 0.1) needs tens.
+    norm_momentum: float = 0.9
     activation: str = "relu"  # any keras activation name
     dropout: float = 0.0  # dropout rate before the bottleneck and in the decoder
     upsample: str = "transpose"  # transpose (learned) | resize (bilinear, then conv)
@@ -184,6 +187,9 @@ class TrainSpec:
     deterministic: bool = False  # op-level determinism (slower)
     on_nonfinite: str = "stop"  # a NaN/Inf loss: stop (keep the last good checkpoint) | skip
     max_skipped_steps: int = 10  # with skip: give up after this many steps in a row
+    # model.norm: batch -- training batches over which the population statistics are
+    # recomputed before each validation and before model.keras is saved; 0 turns it off.
+    precise_bn: int = 8
 
 
 @dataclass(frozen=True)
@@ -407,6 +413,10 @@ def _below_one(value: float) -> str | None:
     return None if 0 <= value < 1 else "must be in [0, 1)"
 
 
+def _strictly_inside_unit(value: float) -> str | None:
+    return None if 0 < value < 1 else "must be in (0, 1)"
+
+
 def _at_most(limit: float) -> Callable[[float], str | None]:
     text = f"{limit:g}" if float(f"{limit:g}") == limit else str(int(limit))  # 2**32 - 1 too
     return lambda value: None if value <= limit else f"must be <= {text}"
@@ -515,6 +525,7 @@ def _read_model(sec: _Section) -> ModelSpec:
         convs_per_level=sec.get("convs_per_level", int, 2, _all(_positive, _at_most(8))),
         norm=sec.choice("norm", NORMS, "batch"),
         groups=sec.get("groups", int, 8, _all(_positive, _at_most(1024))),
+        norm_momentum=sec.get("norm_momentum", float, 0.9, _strictly_inside_unit),
         activation=sec.get("activation", str, "relu"),
         dropout=sec.get("dropout", float, 0.0, _below_one),
         upsample=sec.choice("upsample", UPSAMPLE_MODES, "transpose"),
@@ -963,6 +974,7 @@ def _read_train(sec: _Section) -> TrainSpec:
         on_nonfinite=sec.choice("on_nonfinite", ("stop", "skip"), "stop"),
         max_skipped_steps=sec.get("max_skipped_steps", int, 10, _all(_positive,
                                                                      _at_most(1_000_000))),
+        precise_bn=sec.get("precise_bn", int, 8, _all(_non_negative, _at_most(100_000))),
     )
     return spec
 

@@ -24,6 +24,13 @@ import numpy as np  # noqa: E402
 
 from multiseg import load_model  # noqa: E402
 from multiseg import recipe as recipe_lib  # noqa: E402
+from multiseg.batchnorm import (  # noqa: E402
+    MODE_GAP_MARGIN,
+    PreciseBatchNorm,
+    has_mode_dependent_layers,
+    mode_gap,
+    mode_gap_warning,
+)
 from multiseg.callbacks import (  # noqa: E402
     AtomicCheckpoint,
     CheckpointWriteError,
@@ -39,10 +46,12 @@ from multiseg.callbacks import (  # noqa: E402
     write_json_atomic,
 )
 from multiseg.data import DataError, build_data  # noqa: E402
+from multiseg.metrics import LossTerm  # noqa: E402
 from multiseg.models.build import (  # noqa: E402
     build_model,
     compile_model,
     head_losses,
+    head_metrics,
     loss_terms,
     parameter_counts,
 )
@@ -295,6 +304,7 @@ def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
                                max_skipped=recipe.train.max_skipped_steps)
     interrupt = InterruptGuard(checkpoint)
     callbacks = [HeadLogs(weights), tensorboard, nonfinite, interrupt, checkpoint,
+                 *precise_bn_callbacks(recipe, data),
                  *gradflow_callbacks(recipe, data, os.path.join(run_dir, "logs")),
                  *extra_callbacks]
     if data.report is not None:
@@ -348,6 +358,11 @@ def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
         "train": nest_logs(train_logs, recipe.heads),
         "val": nest_logs(val_logs, recipe.heads),
     }
+    mode_check = check_inference_mode(recipe, model, data)
+    if mode_check is not None:
+        metrics["inference_check"] = mode_check
+        if mode_check["warning"]:
+            print(mode_check["warning"], file=sys.stderr, flush=True)
     previous = _read_json(metrics_path)
     if not train_logs and previous.get("epochs") == done:
         # Nothing trained here (the model was lost after the last checkpoint): keep the
@@ -371,6 +386,39 @@ def _record_data_report(report, run_dir: str, tensorboard: TensorBoardLogs) -> N
     # Markdown: indented lines keep the report's layout in TensorBoard's text tab.
     tensorboard.writer("train").text("data/report", "\n".join("    " + line for line in
                                                                text.splitlines()), 0)
+
+
+def precise_bn_callbacks(recipe, data) -> list:
+    """Population statistics recomputed before each validation (``train.precise_bn``)."""
+    if recipe.model.norm != "batch" or not recipe.train.precise_bn:
+        return []
+    return [PreciseBatchNorm(lambda step: data.train.global_batch(step)[0],
+                             steps_per_epoch=len(data.train), count=recipe.train.precise_bn)]
+
+
+def check_inference_mode(recipe, model: keras.Model, data, batches: int = 4) -> dict | None:
+    """Validation metrics in inference mode against training mode on a few batches; a
+    warning when they differ by more than ``MODE_GAP_MARGIN``. None when the two modes compute
+    the same thing (no batch normalisation, no dropout)."""
+    if not has_mode_dependent_layers(model):
+        return None
+    count = min(batches, len(data.val))
+
+    def metrics():
+        built = head_metrics(recipe, head_losses(recipe))
+        return {head: [m for m in ms if not isinstance(m, LossTerm)]
+                for head, ms in built.items()}
+
+    gaps = mode_gap(model, (data.val[i] for i in range(count)), metrics)
+    warning = mode_gap_warning(gaps, norm=recipe.model.norm,
+                               norm_momentum=recipe.model.norm_momentum,
+                               precise_bn=recipe.train.precise_bn,
+                               dropout=recipe.model.dropout, batches=count)
+    return {"batches": count, "margin": MODE_GAP_MARGIN,
+            "metrics": {head: {g.metric: {"inference": round(g.inference, 4),
+                                          "training": round(g.training, 4)}
+                               for g in gaps if g.head == head} for head in recipe.heads},
+            "warning": warning}
 
 
 def gradflow_callbacks(recipe, data, logdir: str) -> list:

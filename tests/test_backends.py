@@ -34,12 +34,23 @@ CHILD = textwrap.dedent("""
     from multiseg.recipe import from_dict
     from multiseg.train import train
 
-    made, make = [], Batches.global_batch
+    from multiseg.batchnorm import PreciseBatchNorm
+
+    # Training batches made by the pipeline for fit, and those made again for PreciseBN.
+    made, remade, make = [], [], Batches.global_batch
     def global_batch(self, step):
         if self.shuffle:  # the training batches
-            made.append(int(step))
+            (remade if precise[0] else made).append(int(step))
         return make(self, step)
     Batches.global_batch = global_batch
+    precise, recompute = [False], PreciseBatchNorm.on_train_batch_end
+    def on_train_batch_end(self, batch, logs=None):
+        precise[0] = True
+        try:
+            recompute(self, batch, logs)
+        finally:
+            precise[0] = False
+    PreciseBatchNorm.on_train_batch_end = on_train_batch_end
 
     recipe = from_dict(json.load(open(sys.argv[1])))
     train(recipe, verbose=0)
@@ -50,7 +61,8 @@ CHILD = textwrap.dedent("""
         events = EventAccumulator(os.path.join(recipe.output, "logs", run))
         events.Reload()
         tags[run] = sorted(events.Tags()["tensors"]) + sorted(events.Tags()["images"])
-    print(json.dumps({"backend": keras.backend.backend(), "tags": tags, "made": made}))
+    print(json.dumps({"backend": keras.backend.backend(), "tags": tags, "made": made,
+                      "remade": remade}))
 """)
 
 
@@ -121,6 +133,8 @@ def test_jax_training_and_gradflow_without_tensorflow(jax_run):
 
 
 def test_jax_fit_makes_each_training_step_once(jax_run):
-    """Two epochs of two steps: global steps 0..3, each made once and none replayed."""
+    """Two epochs of two steps: global steps 0..3, each made once and none replayed; PreciseBN
+    makes each epoch's batches (at most ``precise_bn``) once more, after the epoch's last step."""
     _, _, child = jax_run
     assert sorted(child["made"]) == [0, 1, 2, 3]
+    assert child["remade"] == [0, 1, 2, 3]

@@ -112,7 +112,7 @@ BAD_CASES = [
     ("data.source.sides", 3, r"data\.source\.sides", "unknown key"),
     ("data.augment.flip", "yes", r"data\.augment\.flip", "expected a boolean"),
     ("model.filters", [], r"model\.filters", "at least 1"),
-    ("model.norm", "layer", r"model\.norm", "batch, group, none"),
+    ("model.norm", "layer", r"model\.norm", "batch, group, instance, none"),
     ("model.activation", "relux", r"model\.activation", "unknown activation"),
     ("model.dropout", 1.5, r"model\.dropout", r"\[0, 1\)"),
     ("train.epochs", 0, r"train\.epochs", "> 0"),

@@ -7,7 +7,7 @@ import keras
 from multiseg import losses as losses_lib
 from multiseg import metrics as metrics_lib
 from multiseg.models.heads import HEAD_OUTPUTS, HEADS
-from multiseg.models.unet import TRUNK_PREFIX, unet_trunk
+from multiseg.models.unet import TRUNK_PREFIX, padding_multiple, unet_trunk
 from multiseg.recipe import decided_options
 
 
@@ -16,7 +16,8 @@ def build_model(recipe, *, channels: int) -> keras.Model:
     spec = recipe.model
     image = keras.Input(shape=(None, None, channels), name="image")
     points = unet_trunk(image, filters=spec.filters, convs_per_level=spec.convs_per_level,
-                        norm=spec.norm, groups=spec.groups, activation=spec.activation,
+                        norm=spec.norm, groups=spec.groups, norm_momentum=spec.norm_momentum,
+                        activation=spec.activation,
                         dropout=spec.dropout, upsample=spec.upsample)
     outputs = {}
     for name, head in recipe.heads.items():
@@ -24,7 +25,8 @@ def build_model(recipe, *, channels: int) -> keras.Model:
         outputs[name] = HEADS[head.kind](
             points[head.attach], image, name=name, classes=head.classes, branch=head.branch,
             scale=scale, grad_scale=head.grad_scale, norm=spec.norm, groups=spec.groups,
-            activation=spec.activation)
+            norm_momentum=spec.norm_momentum, activation=spec.activation,
+            padding=padding_multiple(spec.filters))
     return keras.Model(image, outputs, name=recipe.name.replace("/", "_"))
 
 
@@ -72,9 +74,7 @@ def head_metrics(recipe, losses: dict[str, keras.losses.Loss]) -> dict[str, list
     result = {}
     for name, head in recipe.heads.items():
         from_logits = HEAD_OUTPUTS[head.kind].from_logits
-        # A boundary head's target is an outline map already: boundary_f1 must compare the
-        # maps, not outlines re-extracted from them (a filled blob would match its outline).
-        outlines = head.kind == "boundary"
+        outlines = HEAD_OUTPUTS[head.kind].outlines
         metrics = [metrics_lib.build_metric({"name": m.name, **dict(m.options),
                                              **decided_options(head.multilabel)},
                                             classes=head.classes, from_logits=from_logits,

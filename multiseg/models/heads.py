@@ -11,12 +11,7 @@ from dataclasses import dataclass
 
 from keras import layers
 
-from multiseg.models.layers import (
-    CropToMatch,
-    GradientScale,
-    PadToMultiple,
-    ValidAveragePooling,
-)
+from multiseg.models.layers import CropToMatch, GradientScale, ValidAveragePooling
 from multiseg.models.unet import norm_layer
 
 
@@ -26,6 +21,9 @@ class HeadOutput:
 
     spatial: bool  # (N, H, W, C) if True, else (N, C)
     from_logits: bool = True
+    # The target is an outline map already: boundary metrics compare the maps themselves
+    # instead of outlines extracted from them (a filled blob would match its outline).
+    outlines: bool = False
 
 
 def _entry(features, *, name: str, grad_scale: float):
@@ -34,26 +32,11 @@ def _entry(features, *, name: str, grad_scale: float):
     return features
 
 
-def _padding_multiple(features) -> int:
-    """The multiple the trunk pads the image to, found by walking back from ``features``
-    to its PadToMultiple layer; 1 (no padding) if there is none."""
-    seen, stack = set(), [features]
-    while stack:
-        operation, node_index, _ = stack.pop()._keras_history
-        if id(operation) in seen:
-            continue
-        seen.add(id(operation))
-        if isinstance(operation, PadToMultiple):
-            return operation.multiple
-        stack.extend(operation._inbound_nodes[node_index].input_tensors)
-    return 1
-
-
 def _spatial_branch(x, *, name: str, branch: tuple[int, ...], norm: str, groups: int,
-                    activation: str):
+                    norm_momentum: float, activation: str):
     for i, f in enumerate(branch):
         x = layers.Conv2D(f, 3, padding="same", use_bias=norm == "none", name=f"{name}.conv{i}")(x)
-        layer = norm_layer(norm, f, groups=groups, name=f"{name}.norm{i}")
+        layer = norm_layer(norm, f, groups=groups, name=f"{name}.norm{i}", momentum=norm_momentum)
         if layer is not None:
             x = layer(x)
         x = layers.Activation(activation, name=f"{name}.act{i}")(x)
@@ -70,35 +53,40 @@ def _spatial_output(x, image, *, name: str, channels: int, scale: int):
 
 def segmentation_head(features, image, *, name: str, classes: int, branch: tuple[int, ...] = (),
                       scale: int = 1, grad_scale: float = 1.0, norm: str = "batch",
-                      groups: int = 8, activation: str = "relu"):
+                      groups: int = 8, norm_momentum: float = 0.9, activation: str = "relu",
+                      padding: int = 1):
     """Per-pixel class logits, (N, H, W, classes); classes == 1 is a binary (sigmoid) mask."""
+    del padding  # the output is cropped back to the image
     x = _entry(features, name=name, grad_scale=grad_scale)
     x = _spatial_branch(x, name=name, branch=branch, norm=norm, groups=groups,
-                        activation=activation)
+                        norm_momentum=norm_momentum, activation=activation)
     return _spatial_output(x, image, name=name, channels=classes, scale=scale)
 
 
 def boundary_head(features, image, *, name: str, classes: int = 1, branch: tuple[int, ...] = (),
                   scale: int = 1, grad_scale: float = 1.0, norm: str = "batch", groups: int = 8,
-                  activation: str = "relu"):
+                  norm_momentum: float = 0.9, activation: str = "relu", padding: int = 1):
     """One-channel edge logits, (N, H, W, 1)."""
     if classes != 1:
         raise ValueError(f"a boundary head has 1 channel, got classes={classes}")
     return segmentation_head(features, image, name=name, classes=1, branch=branch, scale=scale,
                              grad_scale=grad_scale, norm=norm, groups=groups,
-                             activation=activation)
+                             norm_momentum=norm_momentum, activation=activation,
+                             padding=padding)
 
 
 def classification_head(features, image, *, name: str, classes: int,
                         branch: tuple[int, ...] = (), scale: int = 1, grad_scale: float = 1.0,
-                        norm: str = "batch", groups: int = 8, activation: str = "relu"):
+                        norm: str = "batch", groups: int = 8, norm_momentum: float = 0.9,
+                        activation: str = "relu", padding: int = 1):
     """Image-level class logits, (N, classes), from features averaged over the image.
 
-    Only the feature cells that cover the image are averaged, not the trunk's zero padding.
+    Only the feature cells that cover the image are averaged, not the trunk's zero padding
+    (the image padded to a multiple of ``padding``).
     """
-    del scale, norm, groups  # the pooling finds the stride; no norms after it
+    del scale, norm, groups, norm_momentum  # the pooling finds the stride; no norms after it
     x = _entry(features, name=name, grad_scale=grad_scale)
-    x = ValidAveragePooling(_padding_multiple(features), name=f"{name}.pool")(x, image)
+    x = ValidAveragePooling(padding, name=f"{name}.pool")(x, image)
     for i, units in enumerate(branch):
         x = layers.Dense(units, activation=activation, name=f"{name}.dense{i}")(x)
     return layers.Dense(classes, name=name)(x)
@@ -111,6 +99,6 @@ HEADS = {
 }
 HEAD_OUTPUTS = {
     "segmentation": HeadOutput(spatial=True),
-    "boundary": HeadOutput(spatial=True),
+    "boundary": HeadOutput(spatial=True, outlines=True),
     "classification": HeadOutput(spatial=False),
 }

@@ -10,27 +10,38 @@ from multiseg.models.layers import PadToMultiple
 TRUNK_PREFIX = "trunk."
 
 
-def norm_layer(kind: str, channels: int, *, groups: int, name: str) -> keras.layers.Layer | None:
-    """``batch``, ``group`` (groups reduced until they divide ``channels``) or ``none``."""
+def padding_multiple(filters: tuple[int, ...]) -> int:
+    """The trunk pads images to a multiple of this (its pooling halves the size per level)."""
+    return 2 ** len(filters)
+
+
+def norm_layer(kind: str, channels: int, *, groups: int, name: str,
+               momentum: float = 0.9) -> keras.layers.Layer | None:
+    """``batch``, ``group`` (groups reduced until they divide ``channels``), ``instance``
+    (each channel of each sample on its own: no statistics shared across the batch, so
+    training and inference compute the same thing) or ``none``."""
     if kind == "batch":
-        return layers.BatchNormalization(name=name)
+        return layers.BatchNormalization(momentum=momentum, name=name)
     if kind == "group":
         g = min(groups, channels)
         while channels % g:
             g -= 1
         return layers.GroupNormalization(groups=g, name=name)
+    if kind == "instance":
+        return layers.GroupNormalization(groups=-1, name=name)
     if kind == "none":
         return None
-    raise ValueError(f"norm must be batch, group or none, got '{kind}'")
+    raise ValueError(f"norm must be batch, group, instance or none, got '{kind}'")
 
 
 def conv_block(x, filters: int, *, convs: int, norm: str, groups: int, activation: str,
-               name: str):
+               name: str, norm_momentum: float = 0.9):
     """``convs`` times: 3x3 conv, normalisation, activation."""
     for i in range(convs):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=norm == "none",
                           name=f"{name}.conv{i}")(x)
-        layer = norm_layer(norm, filters, groups=groups, name=f"{name}.norm{i}")
+        layer = norm_layer(norm, filters, groups=groups, name=f"{name}.norm{i}",
+                           momentum=norm_momentum)
         if layer is not None:
             x = layer(x)
         x = layers.Activation(activation, name=f"{name}.act{i}")(x)
@@ -38,8 +49,9 @@ def conv_block(x, filters: int, *, convs: int, norm: str, groups: int, activatio
 
 
 def unet_trunk(image, *, filters: tuple[int, ...], convs_per_level: int = 2,
-               norm: str = "batch", groups: int = 8, activation: str = "relu",
-               dropout: float = 0.0, upsample: str = "transpose") -> dict:
+               norm: str = "batch", groups: int = 8, norm_momentum: float = 0.9,
+               activation: str = "relu", dropout: float = 0.0,
+               upsample: str = "transpose") -> dict:
     """Builds the trunk on ``image`` and returns its attach points.
 
     Attach points: ``bottleneck`` (1/2^L resolution, 2 * filters[-1] channels), ``decoder``
@@ -49,8 +61,9 @@ def unet_trunk(image, *, filters: tuple[int, ...], convs_per_level: int = 2,
     Every layer's name starts with ``trunk.``: a layer is shared or belongs to one head.
     """
     levels = len(filters)
-    block = dict(convs=convs_per_level, norm=norm, groups=groups, activation=activation)
-    x = PadToMultiple(2**levels, name=f"{TRUNK_PREFIX}pad")(image)
+    block = dict(convs=convs_per_level, norm=norm, groups=groups, norm_momentum=norm_momentum,
+                 activation=activation)
+    x = PadToMultiple(padding_multiple(filters), name=f"{TRUNK_PREFIX}pad")(image)
     skips = []
     for level, f in enumerate(filters):
         x = conv_block(x, f, name=f"{TRUNK_PREFIX}enc{level}", **block)
