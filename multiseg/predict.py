@@ -53,10 +53,8 @@ def head_outputs(recipe) -> list[HeadOutput]:
     outputs = []
     for target in head_targets(recipe):
         head = recipe.heads[target.head]
-        multilabel = (target.derive == "label" and target.options.get("mode") == "presence"
-                      and target.source_classes > 1)
         outputs.append(HeadOutput(target.head, head.kind, head.classes,
-                                  sigmoid=head.classes == 1 or multilabel,
+                                  sigmoid=head.classes == 1 or head.multilabel,
                                   names=target_names(target, infos)))
     return outputs
 

@@ -55,6 +55,7 @@ from multiseg.models.build import (  # noqa: E402
     loss_terms,
     parameter_counts,
 )
+from multiseg.models.heads import HEAD_OUTPUTS  # noqa: E402
 
 
 class RunDirError(RuntimeError):
@@ -291,12 +292,15 @@ def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
         model.optimizer.build(model.trainable_variables)
         model.load_weights(path)
         restore_rng_state(model, checkpoint_dir, path)
-        if verbose:
+        if verbose and initial_epoch >= recipe.train.epochs:
+            print(f"all {initial_epoch} epochs are trained ({path}); writing the run's records"
+                  " from it", flush=True)
+        elif verbose:
             at = f"epoch {initial_epoch}" + (f", step {initial_step}" if initial_step else "")
             print(f"resuming from {path} ({at})", flush=True)
 
     weights = {name: h.loss_weight for name, h in recipe.heads.items()}
-    spatial = [n for n, h in recipe.heads.items() if h.kind != "classification"]
+    spatial = [n for n, h in recipe.heads.items() if HEAD_OUTPUTS[h.kind].spatial]
     tensorboard = TensorBoardLogs(os.path.join(run_dir, "logs"), recipe.heads, weights,
                                   preview=_preview(data, spatial) if spatial else None)
     checkpoint = AtomicCheckpoint(checkpoint_dir)

@@ -32,7 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from timers import StepTimer  # noqa: E402  (tools/bench/timers.py)
+from timers import StepTimer, median_time  # noqa: E402  (tools/bench/timers.py)
 
 from multiseg import recipe as recipe_lib  # noqa: E402
 from multiseg.data import build_data  # noqa: E402
@@ -40,15 +40,6 @@ from multiseg.gradflow import GradflowLogger  # noqa: E402
 from multiseg.gradients import GradientProbe, summarise  # noqa: E402
 from multiseg.models.build import build_model, compile_model, head_losses  # noqa: E402
 from multiseg.train import train  # noqa: E402
-
-
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def snapshot_cost(recipe, data, repeats: int) -> dict[str, float]:
@@ -71,16 +62,16 @@ def snapshot_cost(recipe, data, repeats: int) -> dict[str, float]:
     started = time.perf_counter()
     probe.gradients(images, targets)
     trace = time.perf_counter() - started
-    gradients = _median_time(lambda: probe.gradients(images, targets), repeats)
+    gradients = median_time(lambda: probe.gradients(images, targets), repeats)
     lr = recipe.train.optimizer.learning_rate
-    snapshot = _median_time(lambda: summarise(probe.gradients(images, targets),
+    snapshot = median_time(lambda: summarise(probe.gradients(images, targets),
                                               learning_rate=lr), repeats)
     with tempfile.TemporaryDirectory() as logdir:
         logger = GradflowLogger.from_recipe(recipe, data=data, logdir=logdir, every=1)
         logger.set_model(model)
         logger.on_train_begin()
         logger.snapshot()
-        logged = _median_time(logger.snapshot, repeats)
+        logged = median_time(logger.snapshot, repeats)
         logger.close()
     return {"step": step, "trace": trace, "gradients": gradients, "snapshot": snapshot,
             "logged": logged}

@@ -17,28 +17,18 @@ import json
 import os
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from timers import StepTimer  # noqa: E402  (tools/bench/timers.py)
+from timers import StepTimer, median_time  # noqa: E402  (tools/bench/timers.py)
 
 from multiseg import recipe as recipe_lib  # noqa: E402
 from multiseg.batchnorm import recompute_statistics  # noqa: E402
 from multiseg.data import build_data  # noqa: E402
 from multiseg.models.build import build_model, compile_model  # noqa: E402
-
-
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def measure(recipe, repeats: int) -> dict[str, float]:
@@ -56,8 +46,8 @@ def measure(recipe, repeats: int) -> dict[str, float]:
     model.fit(x, y, batch_size=recipe.train.batch_size, epochs=2, verbose=0, callbacks=[timer])
     images = [b[0] for b in batches[:count]]
     recompute_statistics(model, images)  # warm-up
-    recompute = _median_time(lambda: recompute_statistics(model, images), repeats)
-    making = _median_time(lambda: [data.train.global_batch(i) for i in range(count)], repeats)
+    recompute = median_time(lambda: recompute_statistics(model, images), repeats)
+    making = median_time(lambda: [data.train.global_batch(i) for i in range(count)], repeats)
     step = statistics.median(timer.times)
     return {"steps_per_epoch": steps, "precise_bn_batches": count, "step_s": step,
             "recompute_s": recompute, "batches_s": making,

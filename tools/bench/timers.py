@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import keras
+
+
+def median_time(fn, repeats: int) -> float:
+    """Median wall time of ``repeats`` calls of ``fn``, in seconds."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 class EpochTimer(keras.callbacks.Callback):
