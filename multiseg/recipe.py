@@ -46,6 +46,8 @@ HEAD_DECIDED_OPTIONS = {
     "from_logits": "its output is logits",
     "multilabel": "a presence target, {derive: label, mode: presence}, makes a classification"
                   " head multilabel, one sigmoid per class; any other head picks one class",
+    "outlines": "a boundary head's output and target are outline maps, which boundary_f1"
+                " compares as they are; other heads' outlines are extracted from their masks",
 }
 MAX_CLASSES = 4096  # output channels of one head (also the most classes a target may have)
 MAX_HEAD_NAME = 64  # characters; a head's name becomes layer names, log keys and file names

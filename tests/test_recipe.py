@@ -280,6 +280,8 @@ class TestOptions:
         ("shape", {"name": "top_k_accuracy", "k": 2.5}, "metrics[0].k", "expected an integer"),
         ("boundary", {"name": "dice", "multilabel": True}, "metrics[0].multilabel",
          "decided by the head"),
+        ("boundary", {"name": "boundary_f1", "outlines": False}, "metrics[0].outlines",
+         "decided by the head"),
         ("boundary", {"name": "dice", "threshold": 0}, "metrics[0].threshold", r"\(0, 1\)"),
         ("boundary", {"name": "dice", "threshold": 1}, "metrics[0].threshold", r"\(0, 1\)"),
         ("boundary", {"name": "dice", "threshold": -0.5}, "metrics[0].threshold", r"\(0, 1\)"),
