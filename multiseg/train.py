@@ -406,7 +406,9 @@ def check_inference_mode(recipe, model: keras.Model, data, batches: int = 4) -> 
     the same thing (no batch normalisation, no dropout)."""
     if not has_mode_dependent_layers(model):
         return None
-    count = min(batches, len(data.val))
+    # Full batches only (unless there is one batch): one traced shape per mode.
+    full = len(data.val) - (len(data.val) > 1 and data.val.count % data.val.batch_size != 0)
+    count = min(batches, full)
 
     def metrics():
         built = head_metrics(recipe, head_losses(recipe))
