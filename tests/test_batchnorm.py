@@ -150,13 +150,14 @@ class TestWarning:
 
 
 def _short_run_raw(tmp_path, name: str, **model) -> dict:
-    """About 100 steps on a few dozen images, batch 8: 48 images, 6 steps x 16 epochs."""
+    """About 100 steps on a few dozen images, batch 8: 48 images, 24 steps (two passes) x 4
+    epochs; few epochs keep validation and checkpoints from dominating the test's time."""
     raw = copy.deepcopy(TINY_RAW)
     raw["data"].update(source={"kind": "cells", "max_cells": 6}, train=48, val=16)
     raw["model"] = {"filters": [8, 16], "norm": "batch", **model}
     raw["heads"] = {"cell": {"kind": "segmentation", "classes": 1, "target": "mask",
                              "loss": ["dice", "crossentropy"], "metrics": ["dice", "iou"]}}
-    raw["train"].update(epochs=16, batch_size=8)
+    raw["train"].update(epochs=4, steps_per_epoch=24, batch_size=8)
     raw["output"] = str(tmp_path / name)
     return raw
 
