@@ -271,7 +271,8 @@ def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
     """Trains ``recipe`` into its run directory, resuming from its last checkpoint if any.
     Everything that can be refused (the run directory, the data, the first batch's targets)
     is checked before the directory is written or, with ``fresh``, emptied."""
-    if check_run_dir(recipe, fresh=fresh).complete:
+    state = check_run_dir(recipe, fresh=fresh)
+    if state.complete:
         return _finished_run(recipe, verbose)
     _seed_everything(recipe)
     # When the summary is printed, the report is part of it; otherwise it goes to the log.
@@ -286,7 +287,7 @@ def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
 
     checkpoint_dir = os.path.join(run_dir, "checkpoints")
     initial_epoch, initial_step = 0, 0
-    found = latest_checkpoint(checkpoint_dir)
+    found = state.checkpoint  # what check_run_dir found; None after --fresh emptied the run
     if found is not None:
         initial_epoch, initial_step, path = found
         model.optimizer.build(model.trainable_variables)
