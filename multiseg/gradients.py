@@ -33,8 +33,9 @@ from typing import Any
 import keras
 import numpy as np
 
+from multiseg.models.naming import SHARED, layer_owner
+
 REPORT_FORMAT = "multiseg.gradflow/1"
-SHARED = "shared"
 UNUSED = "unused"  # a layer no head's output depends on (only inside nested models)
 # Keras Adam defaults; the first Adam step is lr * g / (|g| + eps / sqrt(1 - beta_2)).
 ADAM_EPSILON = 1e-7
@@ -428,8 +429,6 @@ def _adam_step_sq(g: np.ndarray) -> float:
 
 
 def _named_owner(name: str, heads) -> str | None:
-    from multiseg.models.build import layer_owner
-
     try:
         return layer_owner(name, heads)
     except ValueError:

@@ -7,7 +7,8 @@ import keras
 from multiseg import losses as losses_lib
 from multiseg import metrics as metrics_lib
 from multiseg.models.heads import HEAD_OUTPUTS, HEADS
-from multiseg.models.unet import TRUNK_PREFIX, padding_multiple, unet_trunk
+from multiseg.models.naming import layer_owner
+from multiseg.models.unet import padding_multiple, unet_trunk
 from multiseg.recipe import decided_options
 
 
@@ -28,16 +29,6 @@ def build_model(recipe, *, channels: int) -> keras.Model:
             norm_momentum=spec.norm_momentum, activation=spec.activation,
             padding=padding_multiple(spec.filters))
     return keras.Model(image, outputs, name=recipe.name.replace("/", "_"))
-
-
-def layer_owner(layer_name: str, heads) -> str:
-    """``"shared"`` for trunk layers, else the head whose branch the layer belongs to."""
-    if layer_name.startswith(TRUNK_PREFIX) or layer_name == "image":
-        return "shared"
-    head = layer_name.split(".", 1)[0]
-    if head in heads:
-        return head
-    raise ValueError(f"layer '{layer_name}' is neither shared nor named after a head")
 
 
 def parameter_counts(model: keras.Model, heads) -> dict[str, int]:

@@ -6,8 +6,7 @@ import keras
 from keras import layers
 
 from multiseg.models.layers import PadToMultiple
-
-TRUNK_PREFIX = "trunk."
+from multiseg.models.naming import TRUNK_PREFIX
 
 
 def padding_multiple(filters: tuple[int, ...]) -> int:
