@@ -15,7 +15,8 @@ import tifffile
 from PIL import Image
 
 from multiseg.data import DataError, build_data
-from multiseg.data.files import Arrays, Folder
+from multiseg.data.arrays import Arrays
+from multiseg.data.folder import Folder
 from multiseg.data.io import read_array, to_image, to_mask
 from multiseg.recipe import RecipeError, from_dict
 

@@ -5,8 +5,9 @@ Two families share one interface for recipe validation (``OPTIONS`` with default
 
 - synthetic sources (``shapes``, ``cells``, ``cardiac``): deterministic by seed, generated in
   memory at the recipe's image size, no download; they have ``sample``.
-- file sources (``folder``, ``arrays``, in ``multiseg.data.files``): the user's images and
-  masks, read and checked once; they have ``load``.
+- file sources (``folder`` in ``multiseg.data.folder``, ``arrays`` in ``multiseg.data.arrays``,
+  what they share in ``multiseg.data.files``): the user's images and masks, read and checked
+  once; they have ``load``.
 
 Each synthetic source draws sample ``i`` of a split from its own random stream
 (``default_rng([seed, split, i])``), so a sample does not change when the set grows or when a
@@ -23,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from multiseg.data.files import Arrays, Folder
+from multiseg.data.arrays import Arrays
+from multiseg.data.folder import Folder
 from multiseg.data.samples import TargetInfo
 
 __all__ = ["SOURCES", "TargetInfo", "generate", "is_synthetic", "option_types", "source_options",
