@@ -8,10 +8,13 @@ separated by their boundary, which a semantic mask cannot express.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
+# What a target may be derived from a mask as (a recipe's `derive:`), and the modes of each.
+DERIVATIONS = ("boundary", "label")
 BOUNDARY_MODES = ("thick", "inner", "outer", "touching")
 LABEL_MODES = ("dominant", "presence", "count", "coverage")
 
@@ -144,3 +147,40 @@ def distance_map(mask: np.ndarray, *, clip: int = 16) -> np.ndarray:
         if dy:
             best = np.minimum(best, padded[:, clip + dy : clip + dy + h] + dy * dy)
     return np.minimum(np.sqrt(best), clip).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a head's target is, from its description (a recipe's TargetSpec: ``source``, ``derive``,
+# ``options``) and the source's targets (``TargetInfo``: ``kind``, ``classes``).
+
+
+def target_classes(target: Any, source_targets: Mapping[str, Any]) -> int:
+    """Number of classes the target carries (1 for binary maps)."""
+    info = source_targets[target.source]
+    if target.derive == "boundary":
+        return 1
+    if target.derive == "label":
+        mode = target.options.get("mode", "dominant")
+        if mode in ("count", "coverage"):
+            return len(target.options["bins"]) + 1
+        # dominant: the most frequent foreground class; presence: one 0/1 per foreground
+        # class. A binary mask gives "has foreground or not" (2 classes) in both modes.
+        foreground = info.classes - 1 if info.classes > 1 else 1
+        return foreground if foreground > 1 else 2
+    return info.classes
+
+
+def is_multi_hot(target: Any, source_targets: Mapping[str, Any]) -> bool:
+    """Whether the target holds one 0/1 per class: a presence label of a mask with two or more
+    foreground classes (of one foreground class it is a plain 0/1 label)."""
+    return (target.derive == "label" and target.options.get("mode") == "presence"
+            and source_targets[target.source].classes > 2)
+
+
+def target_kind(target: Any, source_targets: Mapping[str, Any]) -> str:
+    """'mask' for per-pixel targets, 'label' for image-level ones."""
+    if target.derive == "boundary":
+        return "mask"
+    if target.derive == "label":
+        return "label"
+    return source_targets[target.source].kind
