@@ -24,6 +24,61 @@ from multiseg.data.targets import (
 SYNTHETIC = [kind for kind in SOURCES if is_synthetic(kind)]
 
 
+# -- brute-force oracles: what scipy.ndimage computes in the code, written out with NumPy ----
+
+
+def _window_extreme_oracle(mask, radius, reduce):
+    """Max or min over a (2r+1) x (2r+1) window, edges replicated (scipy's mode "nearest")."""
+    h, w = mask.shape[1:]
+    out = np.pad(mask, ((0, 0), (radius, radius), (0, 0)), mode="edge")
+    out = reduce.reduce([out[:, i : i + h] for i in range(2 * radius + 1)])
+    out = np.pad(out, ((0, 0), (0, 0), (radius, radius)), mode="edge")
+    return reduce.reduce([out[:, :, j : j + w] for j in range(2 * radius + 1)])
+
+
+def _boundary_oracle(mask, width, mode):
+    high = _window_extreme_oracle(mask, width, np.maximum)
+    if mode == "touching":
+        lifted = mask.astype(np.int64)
+        lifted[mask == 0] = np.iinfo(np.int64).max
+        low_fg = _window_extreme_oracle(lifted, width, np.minimum)
+        return ((mask > 0) & ((high > mask) | (low_fg < mask))).astype(np.uint8)
+    changes = high != _window_extreme_oracle(mask, width, np.minimum)
+    if mode == "inner":
+        changes &= mask > 0
+    elif mode == "outer":
+        changes &= mask == 0
+    return changes.astype(np.uint8)
+
+
+def _reflect(index, n):
+    """Mirror integer indices into [0, n): ... 1 0 | 0 1 ... n-1 | n-1 n-2 ..."""
+    index = np.mod(index, 2 * n)
+    return np.where(index >= n, 2 * n - 1 - index, index)
+
+
+def _warp_oracle(array, matrix, offset, order):
+    """``array`` resampled at ``matrix @ (y, x) + offset``, points outside mirrored back in."""
+    h, w = array.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    src_y = matrix[0, 0] * yy + matrix[0, 1] * xx + offset[0]
+    src_x = matrix[1, 0] * yy + matrix[1, 1] * xx + offset[1]
+    if order == 0:
+        iy = _reflect(np.floor(src_y + 0.5).astype(np.int64), h)
+        ix = _reflect(np.floor(src_x + 0.5).astype(np.int64), w)
+        return array[iy, ix]
+    y0, x0 = np.floor(src_y), np.floor(src_x)
+    fy, fx = (src_y - y0).astype(np.float32), (src_x - x0).astype(np.float32)
+    y0, x0 = y0.astype(np.int64), x0.astype(np.int64)
+    ya, yb = _reflect(y0, h), _reflect(y0 + 1, h)
+    xa, xb = _reflect(x0, w), _reflect(x0 + 1, w)
+    if array.ndim == 3:
+        fy, fx = fy[..., None], fx[..., None]
+    top = array[ya, xa] * (1 - fx) + array[ya, xb] * fx
+    bottom = array[yb, xa] * (1 - fx) + array[yb, xb] * fx
+    return (top * (1 - fy) + bottom * fy).astype(array.dtype)
+
+
 class TestSources:
     @pytest.mark.parametrize("kind", SYNTHETIC)
     def test_shapes_and_ranges(self, kind):
@@ -90,6 +145,22 @@ class TestBoundary:
     def test_bad_mode(self):
         with pytest.raises(ValueError, match="thick, inner, outer or touching"):
             boundary_map(np.zeros((1, 4, 4), np.uint8), mode="middle")
+
+    @pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.int64])
+    def test_matches_brute_force(self, dtype):
+        rng = np.random.default_rng(0)
+        for trial in range(60):
+            h, w = (int(v) for v in rng.integers(1, 30, 2))
+            mask = rng.integers(0, int(rng.integers(1, 6)) + 1, (2, h, w))
+            if trial % 2:  # blocks: uniform regions, so interiors exist
+                mask = np.repeat(np.repeat(mask[:, ::3, ::3], 3, 1), 3, 2)
+            if dtype != np.uint8 and trial % 3 == 0:
+                mask = mask * 1_000_003  # large instance ids
+            mask = mask.astype(dtype)
+            for width in (1, 2, 4):
+                for mode in ("thick", "inner", "outer", "touching"):
+                    np.testing.assert_array_equal(boundary_map(mask, width=width, mode=mode),
+                                                  _boundary_oracle(mask, width, mode))
 
 
 class TestDominantLabel:
@@ -258,6 +329,28 @@ class TestAugment:
         matrix, offset = np.eye(2), np.zeros(2)
         np.testing.assert_array_equal(warp(mask, matrix, offset, order=0), mask)
         np.testing.assert_allclose(warp(mask.astype(np.float32), matrix, offset, order=1), mask)
+
+    def test_warp_matches_brute_force(self):
+        # Nearest neighbour exactly; bilinear to 1e-6 (scipy interpolates in float64, the
+        # oracle in float32, on images in [0, 1]).
+        rng = np.random.default_rng(0)
+        for trial in range(60):
+            h, w = (int(v) for v in rng.integers(2, 40, 2))
+            seeded = np.random.default_rng(trial)
+            matrix, offset = random_affine(seeded, (h, w), rotate=180.0, scale=0.9, shift=0.8,
+                                           crop=0.5)
+            if trial % 4 == 0:
+                matrix = 3 * matrix  # reaches far outside: several reflections
+            for mask in (rng.integers(0, 7, (h, w)).astype(np.uint8),
+                         rng.integers(0, 10**6, (h, w)).astype(np.int32)):
+                np.testing.assert_array_equal(warp(mask, matrix, offset, order=0),
+                                              _warp_oracle(mask, matrix, offset, 0))
+            for image in (rng.random((h, w, 3)).astype(np.float32),
+                          rng.random((h, w)).astype(np.float32)):
+                got = warp(image, matrix, offset, order=1)
+                assert got.dtype == image.dtype and got.shape == image.shape
+                np.testing.assert_allclose(got, _warp_oracle(image, matrix, offset, 1),
+                                           rtol=0, atol=1e-6)
 
     def test_affine_is_about_the_centre(self):
         # A rotation by 0 with zoom 1 and no shift or crop maps every pixel to itself.

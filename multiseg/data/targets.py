@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 # What a target may be derived from a mask as (a recipe's `derive:`), and the modes of each.
 DERIVATIONS = ("boundary", "label")
@@ -19,13 +20,10 @@ BOUNDARY_MODES = ("thick", "inner", "outer", "touching")
 LABEL_MODES = ("dominant", "presence", "count", "coverage")
 
 
-def _window_extreme(mask: np.ndarray, radius: int, reduce) -> np.ndarray:
+def _window_extreme(mask: np.ndarray, radius: int, extreme) -> np.ndarray:
     """Max or min of ``mask`` (N, H, W) over a (2r+1) x (2r+1) window, edges replicated."""
-    h, w = mask.shape[1:]
-    out = np.pad(mask, ((0, 0), (radius, radius), (0, 0)), mode="edge")
-    out = reduce.reduce([out[:, i : i + h] for i in range(2 * radius + 1)])
-    out = np.pad(out, ((0, 0), (0, 0), (radius, radius)), mode="edge")
-    return reduce.reduce([out[:, :, j : j + w] for j in range(2 * radius + 1)])
+    size = (1, 2 * radius + 1, 2 * radius + 1)
+    return extreme(mask, size=size, mode="nearest")
 
 
 def boundary_map(mask: np.ndarray, *, width: int = 1, mode: str = "thick") -> np.ndarray:
@@ -50,15 +48,15 @@ def boundary_map(mask: np.ndarray, *, width: int = 1, mode: str = "thick") -> np
     """
     if mode not in BOUNDARY_MODES:
         raise ValueError(f"boundary mode must be thick, inner, outer or touching, got '{mode}'")
-    high = _window_extreme(mask, width, np.maximum)
+    high = _window_extreme(mask, width, ndimage.maximum_filter)
     if mode == "touching":
         # Another foreground label nearby: a larger one (max) or a smaller non-zero one (min
         # over the window with background lifted above every label).
         lifted = mask.astype(np.int64)
-        lifted[mask == 0] = np.iinfo(np.int64).max
-        low_fg = _window_extreme(lifted, width, np.minimum)
+        lifted[mask == 0] = int(mask.max(initial=0)) + 1  # scipy filters int64 as float64
+        low_fg = _window_extreme(lifted, width, ndimage.minimum_filter)
         return ((mask > 0) & ((high > mask) | (low_fg < mask))).astype(np.uint8)
-    changes = high != _window_extreme(mask, width, np.minimum)
+    changes = high != _window_extreme(mask, width, ndimage.minimum_filter)
     if mode == "inner":
         changes &= mask > 0
     elif mode == "outer":
