@@ -16,7 +16,6 @@ from multiseg.data.targets import (
     boundary_map,
     count_label,
     coverage_label,
-    distance_map,
     dominant_label,
     presence_labels,
 )
@@ -234,24 +233,6 @@ class TestImageLabels:
         ids[0, 0, 0], ids[0, 1, 1], ids[0, 3, 3] = 5, 6, 7  # 3 objects
         ids[1, :2] = 8  # 1 object
         np.testing.assert_array_equal(count_label(ids, bins=bins), expected)
-
-
-class TestDistanceMap:
-    def test_against_brute_force(self):
-        rng = np.random.default_rng(1)
-        mask = np.zeros((2, 20, 24), np.uint8)
-        mask[0, 5:12, 4:15] = 1
-        mask[1] = rng.random((20, 24)) < 0.02
-        edge = boundary_map(mask, width=1)
-        got = distance_map(mask, clip=6)
-        for n in range(2):
-            ys, xs = np.nonzero(edge[n])
-            yy, xx = np.mgrid[0:20, 0:24]
-            d = np.sqrt((yy[..., None] - ys) ** 2 + (xx[..., None] - xs) ** 2).min(axis=-1)
-            np.testing.assert_allclose(got[n], np.minimum(d, 6), atol=1e-5)
-
-    def test_no_boundary_is_clip(self):
-        assert np.all(distance_map(np.zeros((1, 5, 5), np.uint8), clip=3) == 3)
 
 
 def _blocks(n=6, size=32, seed=0):

@@ -15,6 +15,7 @@ from multiseg.data.patches import RandomCrops, Stacked, Tiles, make_sets
 from multiseg.data.pipeline import Batches, HeadTarget, StepRange, stream_steps
 from multiseg.data.report import DataReport, class_frequencies, emit, rare_class_warnings
 from multiseg.data.sources import SOURCES, TargetInfo, generate, is_synthetic, source_targets
+from multiseg.headkinds import HEAD_KINDS
 
 __all__ = ["Batches", "Data", "DataError", "DataReport", "HeadTarget", "StepRange",
            "TargetInfo", "build_data", "head_targets", "stream_steps"]
@@ -35,11 +36,6 @@ def head_targets(recipe) -> list[HeadTarget]:
                        options=dict(h.target.options),
                        source_classes=infos[h.target.source].classes)
             for name, h in recipe.heads.items()]
-
-
-def augment_options(spec) -> dict:
-    """The recipe's ``data.augment`` as keyword arguments of ``augment_batch``."""
-    return asdict(spec)
 
 
 def _bin_names(bins, unit: str) -> tuple[str, ...]:
@@ -93,7 +89,7 @@ def build_data(recipe, *, frequencies: bool = True, log_report: bool = True) -> 
     kind, options = spec.source.kind, dict(spec.source.options)
     infos = source_targets(kind, options)
     targets = head_targets(recipe)
-    augment = augment_options(spec.augment)
+    augment = asdict(spec.augment)  # the keyword arguments of augment_batch
     batch_size = recipe.train.batch_size
     notes: list[str] = []
     skipped: list[tuple[str, str]] = []
@@ -136,7 +132,7 @@ def build_data(recipe, *, frequencies: bool = True, log_report: bool = True) -> 
                         held_out_tiles=held_out)
     if frequencies:
         kinds = {t.head: ("multilabel" if recipe.heads[t.head].multilabel else
-                          "label" if recipe.heads[t.head].kind == "classification" else "mask")
+                          HEAD_KINDS[recipe.heads[t.head].kind].target)  # "mask" or "label"
                  for t in targets}
         names = {t.head: target_names(t, infos) for t in targets}
         report.frequencies = class_frequencies(train, kinds, names)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from multiseg.headkinds import HEAD_KINDS
+
 RARE = 0.01  # a mask class below this fraction of pixels gets a warning
 log = logging.getLogger("multiseg.data")
 
@@ -128,7 +130,7 @@ def rare_class_warnings(frequencies: list[Frequency], heads) -> list[str]:
         spec = heads[f.head]
         for name, share in zip(f.names, f.fractions, strict=True):
             if f.kind == "mask" and share < RARE:
-                if spec.kind == "boundary":
+                if HEAD_KINDS[spec.kind].outlines:  # a boundary head: its target is outlines
                     helps = ("a thicker target (target.width), a Tversky loss with beta > alpha,"
                              " or weighted_crossentropy with pos_weight: balanced")
                 else:

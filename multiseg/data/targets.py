@@ -1,4 +1,4 @@
-"""Targets derived from masks: boundary maps, image-level labels and distance maps.
+"""Targets derived from masks: boundary maps and image-level labels.
 
 They are computed on batches after augmentation, so they always match the augmented mask. A
 "mask" here is (N, H, W) integers: class indices, or instance ids (0 background, each object
@@ -112,39 +112,6 @@ def coverage_label(mask: np.ndarray, *, bins: Sequence[float]) -> np.ndarray:
     1 (10 % to 30 %) and 2 (30 % or more)."""
     fraction = (mask.reshape(mask.shape[0], -1) > 0).mean(axis=1)
     return binned(fraction, bins)
-
-
-def distance_map(mask: np.ndarray, *, clip: int = 16) -> np.ndarray:
-    """Euclidean distance in pixels from every pixel to the nearest boundary pixel.
-
-    Boundary pixels (``boundary_map(mask, width=1)``: a different label among their 8
-    neighbours) have distance 0; distances are exact up to ``clip`` and ``clip`` beyond it. A
-    mask without any boundary is ``clip`` everywhere. Used to weight boundary losses by
-    distance (errors far from any edge cost more or less).
-
-    Args:
-        mask: (N, H, W) class indices or instance ids.
-        clip: the largest distance computed, >= 1.
-
-    Returns:
-        (N, H, W) float32 in [0, clip].
-    """
-    if clip < 1:
-        raise ValueError(f"clip must be >= 1, got {clip}")
-    edge = boundary_map(mask, width=1, mode="thick").astype(bool)
-    n, h, w = edge.shape
-    x = np.arange(w)
-    big = clip + 1
-    # Distance along each row to the nearest boundary pixel, left and right sweeps.
-    left = np.maximum.accumulate(np.where(edge, x, -10 * big), axis=2)
-    right = np.minimum.accumulate(np.where(edge, x, w + 10 * big)[:, :, ::-1], axis=2)[:, :, ::-1]
-    row = np.minimum(np.minimum(x - left, right - x), big).astype(np.float32)
-    best = row**2
-    padded = np.pad(row**2, ((0, 0), (clip, clip), (0, 0)), constant_values=big**2)
-    for dy in range(-clip, clip + 1):
-        if dy:
-            best = np.minimum(best, padded[:, clip + dy : clip + dy + h] + dy * dy)
-    return np.minimum(np.sqrt(best), clip).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
