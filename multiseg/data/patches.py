@@ -133,7 +133,16 @@ class RandomCrops:
 
 def tile_starts(length: int, tile: int, overlap: int = 0) -> list[int]:
     """Tile origins along one axis covering ``length``: evenly spread, the last one flush with
-    the end, neighbours sharing at least ``overlap`` pixels."""
+    the end, neighbours sharing at least ``overlap`` pixels (0 <= ``overlap`` < ``tile``).
+
+    The one tiling of multiseg: training and validation tiles (``data.tile_overlap``) and the
+    windows of tiled prediction (``multiseg.predict``) both come from here. A ``length`` up to
+    ``tile`` is one tile at 0 (the caller pads or takes a smaller window).
+
+    Example:
+        >>> tile_starts(100, 64)
+        [0, 36]
+    """
     if length <= tile:
         return [0]
     n = math.ceil((length - overlap) / (tile - overlap))

@@ -5,11 +5,11 @@ A batch is a pure function of (seed, epoch, batch index): the order of an epoch 
 ``default_rng([seed, 2, epoch, index])``. So batches can be made in any order, in parallel, and
 a resumed run sees exactly the batches of an uninterrupted one.
 
-``Batches`` is a ``keras.utils.PyDataset`` (``len()`` steps, ``batches[i]`` for the current
-epoch). ``Batches.dataset(start, stop)`` is what ``fit`` should consume for the global steps
-``start..stop``: on the TensorFlow backend a ``tf.data`` pipeline (parallel map over steps,
-cache for fixed validation batches, prefetch); elsewhere, or without TensorFlow, batches made
-ahead by a thread pool. Both give identical arrays.
+``Batches`` holds a set's batches: ``len()`` steps, ``batches[i]`` for the current epoch,
+``batch(epoch, i)`` for any. ``fit`` never receives it: it consumes ``Batches.dataset(start,
+stop)``, the batches of global steps ``start..stop``: on the TensorFlow backend a ``tf.data``
+pipeline (parallel map over steps, cache for fixed validation batches, prefetch); elsewhere, or
+without TensorFlow, batches made ahead by a thread pool. Both give identical arrays.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class HeadTarget:
         return out[..., None].astype(np.float32) if out.ndim == 3 else out.astype(np.int32)
 
 
-class Batches(keras.utils.PyDataset):
+class Batches:
     """Batches of ``(image, {head: target})`` drawn from a sample set.
 
     Args:
@@ -86,7 +86,6 @@ class Batches(keras.utils.PyDataset):
     def __init__(self, samples, head_targets: list[HeadTarget], *, batch_size: int,
                  shuffle: bool, augment: dict | None, seed: int, steps: int | None = None,
                  count: int | None = None, workers: int = 2):
-        super().__init__()
         if isinstance(samples, dict):
             samples = Stacked(samples)
         self.samples = samples
@@ -98,7 +97,7 @@ class Batches(keras.utils.PyDataset):
         self.size = len(samples)
         self.count = count or self.size
         self.steps = steps or math.ceil(self.count / batch_size)
-        self.pool_workers = workers
+        self.workers = workers
         self._orders: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
         self.set_epoch(0)
@@ -187,8 +186,8 @@ class Batches(keras.utils.PyDataset):
             pipeline = "tf.data" if keras.backend.backend() == "tensorflow" else "threads"
         if pipeline == "threads":
             if self.varies:
-                return stream_steps(self, start, stop, workers=self.pool_workers)
-            return StepRange(self, start, stop, workers=self.pool_workers)
+                return stream_steps(self, start, stop, workers=self.workers)
+            return StepRange(self, start, stop, workers=self.workers)
         return _tf_dataset(self, start, stop)
 
 
