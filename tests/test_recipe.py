@@ -539,6 +539,14 @@ class TestMessages:
     def test_one_line(self):
         assert "\n" not in str(RecipeError("a.b", "first\nsecond"))
 
+    def test_a_user_error_and_a_value_error(self):
+        """Commands choose exit code 2 by type; Python callers catch a ValueError as before."""
+        from multiseg.errors import UserError
+
+        error = RecipeError("a.b", "wrong")
+        assert isinstance(error, ValueError) and isinstance(error, UserError)
+        assert error.exit_code == 2
+
 
 class TestDocs:
     """docs/recipes.md describes every key the recipe reader accepts."""
@@ -565,3 +573,19 @@ class TestDocs:
         missing = sorted(w for w in keys | values
                          if not any(form in text for form in (f"`{w}", f".{w}`", f"{w}:")))
         assert not missing, f"not in docs/recipes.md: {missing}"
+
+    def test_head_kind_defaults_follow_the_records(self):
+        """The table of defaults per head kind says what multiseg.headkinds holds."""
+        from multiseg.headkinds import HEAD_KINDS
+
+        root = os.path.join(os.path.dirname(__file__), "..", "docs")
+        with open(os.path.join(root, "recipes.md"), encoding="utf-8") as handle:
+            text = handle.read()
+        section = text.split("## Defaults per head kind", 1)[1].split("\n## ", 1)[0]
+        rows = {cells[0]: cells for line in section.splitlines() if line.startswith("| ")
+                for cells in [[c.strip() for c in line.strip("|").split("|")]]}
+        for kind, record in HEAD_KINDS.items():
+            _, _, losses, metrics, attach = rows[kind]
+            assert losses == " + ".join(t["name"] for t in record.default_losses), kind
+            assert metrics == ", ".join(record.default_metrics), kind
+            assert attach == record.default_attach, kind
