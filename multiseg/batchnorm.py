@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from multiseg.callbacks import seed_states
+from multiseg.callbacks.checkpoints import seed_states
 
 # Above this, inference-mode and training-mode figures tell different stories (metrics are
 # fractions in [0, 1]).

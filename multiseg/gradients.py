@@ -1,13 +1,14 @@
 """Per-head gradients: which layers each head's loss reaches, how strongly, and where heads fight.
 
 For a multi-head model (output: a dict keyed by head name) and one or more batches, this module
-computes every head's gradient with respect to every trainable variable, classifies every layer
-from the model graph as shared or as one head's branch, and reduces the gradients to per-layer
-statistics (norms, update/weight ratios, cosines between heads on the shared layers).
+computes every head's gradient with respect to every trainable variable, takes every layer's
+owner (shared, or one head's branch) from the model graph (``multiseg.graph``), and reduces the
+gradients to per-layer statistics (norms, update/weight ratios, cosines between heads on the
+shared layers).
 
 The three steps are separate so each can be used and tested alone:
 
-    graph = model_graph(model, heads)                  # ownership from the functional graph
+    graph = model_graph(model, heads)                  # multiseg.graph: owners from the graph
     probe = GradientProbe(model, losses, loss_weights)  # compiled once per model
     grads = probe.gradients(images, targets)            # HeadGradients: one backward per head
     report = summarise(grads, learning_rate=1e-3)       # plain dict, the gradflow.json document
@@ -33,183 +34,13 @@ from typing import Any
 import keras
 import numpy as np
 
+from multiseg.graph import ModelGraph, forward_layers, model_graph
 from multiseg.models.naming import SHARED, layer_owner
 
 REPORT_FORMAT = "multiseg.gradflow/1"
-UNUSED = "unused"  # a layer no head's output depends on (only inside nested models)
 # Keras Adam defaults; the first Adam step is lr * g / (|g| + eps / sqrt(1 - beta_2)).
 ADAM_EPSILON = 1e-7
 ADAM_BETA_2 = 0.999
-
-
-# ---------------------------------------------------------------------------------------------
-# Ownership from the functional graph.
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """One layer of the model, in forward order.
-
-    ``name`` is the layer's name, prefixed by ``<submodel>/`` inside a nested functional model.
-    ``heads`` are the heads whose output depends on the layer through the graph; ``owner`` is
-    ``"shared"`` when there are several, the head's name when there is one.
-    """
-
-    name: str
-    kind: str  # the layer's class name
-    owner: str  # "shared", a head name, or "unused"
-    heads: tuple[str, ...]  # heads whose outputs reach this layer (walking back the graph)
-    variables: tuple[int, ...]  # indices into model.trainable_variables
-    params: int  # trainable parameters
-
-
-@dataclass(frozen=True)
-class ModelGraph:
-    """The model's layers in forward order, their owners, and the edges between them."""
-
-    heads: tuple[str, ...]
-    layers: tuple[LayerInfo, ...]
-    edges: tuple[tuple[str, str], ...]  # (producer layer, consumer layer)
-
-    def layer(self, name: str) -> LayerInfo:
-        for info in self.layers:
-            if info.name == name:
-                return info
-        raise KeyError(f"no layer named '{name}'")
-
-    @property
-    def weighted_layers(self) -> tuple[LayerInfo, ...]:
-        """The layers that hold trainable variables: the ones gradients are reported for."""
-        return tuple(info for info in self.layers if info.variables)
-
-    def owners(self) -> dict[str, str]:
-        return {info.name: info.owner for info in self.layers}
-
-
-def _is_nested(operation, model) -> bool:
-    from keras.src.models.functional import Functional
-
-    return isinstance(operation, Functional) and operation is not model
-
-
-class _Context:
-    """Where a walk is: inside which nested model, and what that model's inputs are bound to."""
-
-    def __init__(self, prefix: str = "", bindings: dict | None = None, key: tuple = ()):
-        self.prefix = prefix
-        self.bindings = bindings or {}  # id(inner input tensor) -> (outer tensor, context)
-        self.key = key
-
-
-def _producer(tensor, context: _Context, model):
-    """The (layer, node index, context) that produced ``tensor``, seen through nested models."""
-    while True:
-        if id(tensor) in context.bindings:
-            tensor, context = context.bindings[id(tensor)]
-            continue
-        operation, node_index, tensor_index = tensor._keras_history
-        if _is_nested(operation, model):
-            node = operation._inbound_nodes[node_index]
-            inner = _Context(f"{context.prefix}{operation.name}/",
-                             {id(i): (o, context) for i, o in zip(
-                                 operation.inputs, node.input_tensors, strict=False)},
-                             (*context.key, id(node)))
-            tensor, context = operation.outputs[tensor_index], inner
-            continue
-        return operation, node_index, context
-
-
-def _forward_layers(model, prefix: str = "") -> list[tuple[str, Any]]:
-    """(name, layer) in the functional model's forward order, nested models expanded."""
-    found = []
-    for layer in model.layers:
-        if _is_nested(layer, model):
-            found += [(n, sub) for n, sub in _forward_layers(layer, f"{prefix}{layer.name}/")
-                      if not isinstance(sub, keras.layers.InputLayer)]
-        else:
-            found.append((f"{prefix}{layer.name}", layer))
-    return found
-
-
-def model_graph(model: keras.Model, heads: Iterable[str] | None = None) -> ModelGraph:
-    """Classifies every layer of a functional multi-head model from its graph.
-
-    Walks back from each head's output (``model.output[head]``) through the layers' inbound
-    nodes, into nested functional models. A layer reached from exactly one head's output
-    belongs to that head's branch; one reached from several is shared.
-
-    Args:
-        model: a functional ``keras.Model`` whose output is a dict keyed by head name.
-        heads: the heads to consider, in the order reports use (default: the output keys).
-
-    Raises:
-        ValueError: the model's output is not a dict, or a head is not one of its keys.
-    """
-    outputs = model.output
-    if not isinstance(outputs, Mapping):
-        raise ValueError("per-head gradients need a functional model whose output is a dict"
-                         f" keyed by head name; got {type(outputs).__name__}")
-    heads = tuple(outputs) if heads is None else tuple(heads)
-    unknown = [h for h in heads if h not in outputs]
-    if unknown:
-        raise ValueError(f"heads {unknown} are not model outputs; the outputs are"
-                         f" {sorted(outputs)}")
-    reached: dict[str, set[str]] = {}
-    edges: set[tuple[str, str]] = set()
-    for head in heads:
-        start = _producer(outputs[head], _Context(), model)
-        stack, seen = [start], set()
-        while stack:
-            operation, node_index, context = stack.pop()
-            node = operation._inbound_nodes[node_index]
-            key = (id(node), context.key)
-            if key in seen:
-                continue
-            seen.add(key)
-            name = f"{context.prefix}{operation.name}"
-            reached.setdefault(name, set()).add(head)
-            for tensor in node.input_tensors:
-                parent = _producer(tensor, context, model)
-                edges.add((f"{parent[2].prefix}{parent[0].name}", name))
-                stack.append(parent)
-
-    index = {id(v): i for i, v in enumerate(model.trainable_variables)}
-    claimed: set[int] = set()
-    layers = []
-    for name, layer in _forward_layers(model):
-        variables = []
-        for v in layer.trainable_weights:
-            i = index.get(id(v))
-            if i is not None and i not in claimed:  # a tied weight counts for its first layer
-                claimed.add(i)
-                variables.append(i)
-        by = tuple(h for h in heads if h in reached.get(name, ()))
-        owner = SHARED if len(by) > 1 else by[0] if by else UNUSED
-        layers.append(LayerInfo(name=name, kind=type(layer).__name__, owner=owner, heads=by,
-                                variables=tuple(variables),
-                                params=sum(int(np.prod(model.trainable_variables[i].shape))
-                                           for i in variables)))
-    # Forward order with each branch kept together: the shared layers, then each head's
-    # branch in head order. Still a forward (topological) order: a shared layer never depends
-    # on a branch layer, since everything it depends on is reached by all the heads it is.
-    group = {SHARED: 0, **{h: i + 1 for i, h in enumerate(heads)}, UNUSED: len(heads) + 1}
-    layers = [info for _, info in sorted(enumerate(layers),
-                                         key=lambda item: (group[item[1].owner], item[0]))]
-    rest = [i for i in range(len(model.trainable_variables)) if i not in claimed]
-    if rest:  # variables of no layer in the graph (model-level weights): reported together
-        layers.append(LayerInfo(name="(other variables)", kind="Variable", owner=SHARED,
-                                heads=heads, variables=tuple(rest),
-                                params=sum(int(np.prod(model.trainable_variables[i].shape))
-                                           for i in rest)))
-    order = {info.name: i for i, info in enumerate(layers)}
-    ordered_edges = sorted((e for e in edges if e[0] in order and e[1] in order),
-                           key=lambda e: (order[e[1]], order[e[0]]))
-    return ModelGraph(heads=heads, layers=tuple(layers), edges=tuple(ordered_edges))
-
-
-def layer_owners(model: keras.Model, heads: Iterable[str] | None = None) -> dict[str, str]:
-    """Layer name -> ``"shared"`` or the head whose branch it is, from the model graph."""
-    return model_graph(model, heads).owners()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,7 +181,7 @@ class GradientProbe:
         from multiseg.models.layers import GradientScale
 
         self.grad_scale = {h: 1.0 for h in self.graph.heads}
-        for name, layer in _forward_layers(model):
+        for name, layer in forward_layers(model):
             info = self.graph.layer(name)
             if isinstance(layer, GradientScale) and info.owner in self.grad_scale:
                 self.grad_scale[info.owner] *= layer.scale

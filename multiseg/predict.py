@@ -16,47 +16,46 @@ tiles its answer is about the whole image (with ``--tile``: the mean over window
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import sys
+from dataclasses import dataclass
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import numpy as np
+from PIL import Image
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from multiseg import recipe as recipe_lib  # noqa: E402
-from multiseg.data import DataError, head_targets, target_names  # noqa: E402
-from multiseg.data.files import IMAGE_EXTENSIONS  # noqa: E402
-from multiseg.data.io import read_array, to_image  # noqa: E402
-from multiseg.data.sources import is_synthetic, source_targets  # noqa: E402
-from multiseg.evaluate import RunNotFound, WeightsMismatch, load_run_model  # noqa: E402
+from multiseg import errors, load_model
+from multiseg.data import DataError, head_targets, target_names
+from multiseg.data.files import IMAGE_EXTENSIONS
+from multiseg.data.io import read_array, to_image
+from multiseg.data.patches import tile_starts
+from multiseg.data.sources import is_synthetic, source_targets
+from multiseg.headkinds import HEAD_KINDS
+from multiseg.runs import WeightsMismatch, load_run_model, run_recipe
 
 
 @dataclass(frozen=True)
-class HeadOutput:
+class HeadPrediction:
     """How to turn one head's logits into probabilities and what to write."""
 
     name: str
-    kind: str  # segmentation | boundary | classification
+    spatial: bool  # a map per pixel (written as pictures), else one answer per image
     classes: int
     sigmoid: bool  # one channel, or a multi-label presence head
     names: tuple[str, ...]
 
 
-def head_outputs(recipe) -> list[HeadOutput]:
+def head_predictions(recipe) -> list[HeadPrediction]:
     infos = source_targets(recipe.data.source.kind, recipe.data.source.options)
-    outputs = []
+    heads = []
     for target in head_targets(recipe):
         head = recipe.heads[target.head]
-        outputs.append(HeadOutput(target.head, head.kind, head.classes,
-                                  sigmoid=head.classes == 1 or head.multilabel,
-                                  names=target_names(target, infos)))
-    return outputs
+        heads.append(HeadPrediction(target.head, HEAD_KINDS[head.kind].spatial, head.classes,
+                                    sigmoid=head.classes == 1 or head.multilabel,
+                                    names=target_names(target, infos)))
+    return heads
 
 
 def input_files(paths: list[str]) -> list[str]:
@@ -83,30 +82,24 @@ def read_input(path: str, recipe) -> np.ndarray:
                     channels=options.get("channels"))
 
 
-def _windows(length: int, tile: int, stride: int) -> list[int]:
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile, stride))
-    return starts + [length - tile]
-
-
 def predict_logits(model: keras.Model, image: np.ndarray, *, tile: int | None = None,
                    overlap: float = 0.25) -> dict[str, np.ndarray]:
     """Every head's logits for one (H, W, C) image: spatial heads (H, W, C'), others (C',).
 
-    With ``tile``, windows of ``tile`` pixels overlapping by ``overlap`` are predicted one by
-    one; spatial logits are averaged where windows overlap, image-level logits over windows.
+    With ``tile``, windows of ``tile`` pixels overlapping by at least ``overlap`` of a tile
+    (evenly spread, the last flush with the edge) are predicted one by one; spatial logits are
+    averaged where windows overlap, image-level logits over windows.
     """
     if tile is None or max(image.shape[:2]) <= tile:
         outputs = model.predict_on_batch(image[None])
         return {name: np.asarray(value)[0] for name, value in outputs.items()}
     height, width = image.shape[:2]
-    stride = max(1, int(round(tile * (1 - overlap))))
+    shared = tile - max(1, int(round(tile * (1 - overlap))))  # pixels neighbours share
     sums: dict[str, np.ndarray] = {}
     counts = np.zeros((height, width, 1), np.float32)
     image_level: dict[str, list[np.ndarray]] = {}
-    for top in _windows(height, tile, stride):
-        for left in _windows(width, tile, stride):
+    for top in tile_starts(height, tile, shared):
+        for left in tile_starts(width, tile, shared):
             window = image[top : top + tile, left : left + tile]
             outputs = model.predict_on_batch(window[None])
             h, w = window.shape[:2]
@@ -124,14 +117,14 @@ def predict_logits(model: keras.Model, image: np.ndarray, *, tile: int | None = 
     return result
 
 
-def probabilities(head: HeadOutput, logits: np.ndarray) -> np.ndarray:
+def probabilities(head: HeadPrediction, logits: np.ndarray) -> np.ndarray:
     if head.sigmoid:
         return 1.0 / (1.0 + np.exp(-logits))
     shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
-def spatial_picture(head: HeadOutput, probs: np.ndarray) -> np.ndarray:
+def spatial_picture(head: HeadPrediction, probs: np.ndarray) -> np.ndarray:
     """uint8 (H, W): class indices, or 0/255 for a one-channel map at 0.5."""
     if head.classes == 1:
         return np.where(probs[..., 0] >= 0.5, 255, 0).astype(np.uint8)
@@ -139,7 +132,7 @@ def spatial_picture(head: HeadOutput, probs: np.ndarray) -> np.ndarray:
     return labels.astype(np.uint8 if head.classes <= 256 else np.uint16)
 
 
-def image_level_answer(head: HeadOutput, probs: np.ndarray) -> dict:
+def image_level_answer(head: HeadPrediction, probs: np.ndarray) -> dict:
     names = head.names if len(head.names) == probs.shape[-1] else tuple(
         str(i) for i in range(probs.shape[-1]))
     answer: dict = {"probabilities": {n: round(float(p), 6) for n, p in zip(names, probs,
@@ -156,8 +149,6 @@ def _run_model(run_dir: str, recipe, *, checkpoint: bool, first: tuple[str, np.n
     that one is built for the first image's channels."""
     model_path = os.path.join(run_dir, "model.keras")
     if not checkpoint and os.path.isfile(model_path):
-        from multiseg import load_model
-
         return load_model(model_path, compile=False)
     path, image = first
     try:
@@ -172,12 +163,9 @@ def predict(run_dir: str, inputs: list[str], out: str, *, tile: int | None = Non
             overlap: float = 0.25, save_probabilities: bool = False,
             checkpoint: bool = False) -> dict:
     """Writes every head's prediction for every input image; returns ``predictions.json``."""
-    recipe_path = os.path.join(run_dir, "recipe.yaml")
-    if not os.path.isfile(recipe_path):
-        raise RunNotFound(f"{run_dir}: no recipe.yaml here; is this a multiseg run directory?")
-    recipe = recipe_lib.load(recipe_path)
+    recipe = run_recipe(run_dir)
     files = input_files(inputs)
-    heads = head_outputs(recipe)
+    heads = head_predictions(recipe)
     first = read_input(files[0], recipe)
     model = _run_model(run_dir, recipe, checkpoint=checkpoint, first=(files[0], first))
     expected = model.inputs[0].shape[-1]
@@ -199,7 +187,7 @@ def predict(run_dir: str, inputs: list[str], out: str, *, tile: int | None = Non
         entry: dict = {"path": path, "size": list(image.shape[:2])}
         for head in heads:
             probs = probabilities(head, logits[head.name])
-            if head.kind == "classification":
+            if not head.spatial:
                 entry[head.name] = image_level_answer(head, probs)
                 continue
             picture = os.path.join(out, f"{stem}.{head.name}.png")
@@ -239,9 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         report = predict(args.run_dir, args.inputs, args.out, tile=args.tile,
                          overlap=args.overlap, save_probabilities=args.probabilities,
                          checkpoint=args.checkpoint)
-    except (RunNotFound, recipe_lib.RecipeError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (errors.UserError, DataError) as exc:
+        print(errors.report(exc), file=sys.stderr)
+        return getattr(exc, "exit_code", errors.UserError.exit_code)
     print(f"{len(report['images'])} image(s) -> {args.out}"
           f" ({os.path.join(args.out, 'predictions.json')})")
     return 0

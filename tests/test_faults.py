@@ -217,7 +217,7 @@ class TestCheckpointFiles:
             checkpoint.save(1)
 
     def test_run_dir_unwritable_reported(self, tmp_path, tiny_raw):
-        from multiseg.train import RunDirError
+        from multiseg.runs import RunDirError
 
         blocker = tmp_path / "file"
         blocker.write_text("x")

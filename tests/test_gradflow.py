@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from multiseg.callbacks import GradflowLogger
 from multiseg.gradflow import (
     FORMATS,
-    GradflowLogger,
     format_table,
     parse_formats,
     recipe_report,

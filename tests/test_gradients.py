@@ -15,14 +15,10 @@ import keras
 import numpy as np
 import pytest
 
-from multiseg.gradients import (
-    SHARED,
-    GradientProbe,
-    layer_owners,
-    model_graph,
-    summarise,
-)
-from multiseg.models.build import build_model, compile_model, head_losses, layer_owner
+from multiseg.gradients import SHARED, GradientProbe, summarise
+from multiseg.graph import model_graph
+from multiseg.models.build import build_model, compile_model, head_losses
+from multiseg.models.naming import layer_owner
 from multiseg.recipe import from_dict
 
 
@@ -122,7 +118,7 @@ class TestModelGraph:
     def test_graph_owners_match_the_layer_names(self, tiny_recipe):
         # Graph-derived ownership and the naming convention agree for every layer.
         model = build_model(tiny_recipe, channels=3)
-        owners = layer_owners(model, tiny_recipe.heads)
+        owners = model_graph(model, tiny_recipe.heads).owners()
         assert set(owners) == {layer.name for layer in model.layers}
         for name, owner in owners.items():
             assert owner == layer_owner(name, tiny_recipe.heads), name

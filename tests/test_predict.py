@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from multiseg.predict import _windows, main, predict, predict_logits
+from multiseg.data.patches import tile_starts
+from multiseg.predict import main, predict, predict_logits
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,8 @@ def test_probabilities_written_on_request(trained_tiny, images, tmp_path):
 @pytest.mark.parametrize("length,tile,stride", [(100, 32, 24), (32, 32, 24), (20, 32, 24),
                                                 (65, 32, 32)])
 def test_windows_cover_every_pixel_inside_the_image(length, tile, stride):
-    starts = _windows(length, tile, stride)
+    # The windows predict_logits uses: neighbours share tile - stride pixels.
+    starts = tile_starts(length, tile, tile - stride)
     covered = np.zeros(length, bool)
     for s in starts:
         assert 0 <= s and (s + tile <= length or s == 0)

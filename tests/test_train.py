@@ -15,10 +15,12 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import multiseg
-from multiseg.data import build_data
+from multiseg.callbacks import HeadLogs, TensorBoardLogs
+from multiseg.data import DataError, build_data
 from multiseg.models.build import build_model, compile_model, head_losses
 from multiseg.recipe import from_dict, load
-from multiseg.train import RunDirError, main, train
+from multiseg.runs import RunDirError
+from multiseg.train import main, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -141,6 +143,42 @@ class TestTotalLoss:
                                              if k != "shape"})
         with pytest.raises(ValueError, match="do not match the model outputs"):
             compile_model(model, broken)
+
+
+class TestCallbackOrder:
+    def test_head_logs_and_tensorboard_in_either_order(self, tiny_recipe, tmp_path):
+        # HeadLogs adds the weighted losses and the learning rate to the epoch's logs;
+        # TensorBoardLogs computes them itself, so neither depends on running first. fit
+        # appends History and the progress bar after these callbacks: the history holds what
+        # the progress bar prints.
+        model = build_model(tiny_recipe, channels=3)
+        compile_model(model, tiny_recipe, total_steps=10)
+        weights = {name: head.loss_weight for name, head in tiny_recipe.heads.items()}
+        epoch_logs = {"loss": 1.5, "val_loss": 1.75, "mask_dice": 0.25, "val_mask_dice": 0.125}
+        for i, head in enumerate(weights):
+            epoch_logs |= {f"{head}_loss": 0.5 + i, f"val_{head}_loss": 0.75 + i}
+        results = {}
+        for order in ("heads_first", "tensorboard_first"):
+            logdir = str(tmp_path / order)
+            head_logs = HeadLogs(weights)
+            tensorboard = TensorBoardLogs(logdir, tiny_recipe.heads, weights)
+            history = keras.callbacks.History()
+            ordered = [head_logs, tensorboard][:: 1 if order == "heads_first" else -1]
+            callbacks = keras.callbacks.CallbackList([*ordered, history], model=model)
+            callbacks.on_train_begin()
+            for epoch in range(2):
+                callbacks.on_epoch_end(epoch, dict(epoch_logs))
+            tensorboard.close()
+            results[order] = (history.history, {run: _scalars(os.path.join(logdir, run))
+                                                for run in ("train", "validation")})
+        assert results["heads_first"] == results["tensorboard_first"]
+        printed, scalars = results["heads_first"]
+        assert printed["boundary_weighted_loss"] == [pytest.approx(0.5 * 1.5)] * 2
+        assert "learning_rate" in printed
+        assert dict(scalars["train"]["boundary/weighted_loss"]) == {
+            1: pytest.approx(0.5 * 1.5), 2: pytest.approx(0.5 * 1.5)}
+        assert "optimizer/learning_rate" in scalars["train"]
+        assert "boundary/weighted_loss" in scalars["validation"]
 
 
 class TestShippedRecipes:
@@ -301,6 +339,18 @@ class TestChecksBeforeWriting:
                                     "image_size": [16, 16]},
                "heads": {"mask": {"kind": "segmentation", "target": "mask"}}}
         return raw
+
+    def test_target_check_names_the_head(self, tiny_recipe):
+        # A target the head cannot learn is a DataError (exit code 2) naming the head's target.
+        from multiseg.train import _check_first_batch
+
+        class Data:
+            images = np.zeros((2, 32, 32, 3), np.float32)
+            targets = {name: np.zeros((2, 32, 32, 1), np.float32) for name in ("mask", "boundary")}
+            train = [(images, {**targets, "shape": np.array([[0], [7]])})]
+
+        with pytest.raises(DataError, match=r"^heads\.shape\.target: .*7"):
+            _check_first_batch(tiny_recipe, Data())
 
     def test_data_error_writes_nothing(self, tmp_path, tiny_raw):
         from multiseg.data import DataError

@@ -15,8 +15,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import multiseg  # noqa: E402, F401  (first: it quiets TensorFlow before Keras loads)
 
+# isort: split
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")

@@ -8,10 +8,7 @@ data is usable, 2 with ``error: <file>: <problem>`` when it is not.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,13 +21,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from multiseg import recipe as recipe_lib
     from multiseg.data import DataError, build_data
+    from multiseg.errors import UserError, report
 
     try:
         recipe = recipe_lib.load(args.recipe, args.overrides)
         data = build_data(recipe)
-    except (recipe_lib.RecipeError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (UserError, DataError) as exc:
+        print(report(exc), file=sys.stderr)
+        return getattr(exc, "exit_code", UserError.exit_code)
     print(data.report.text(max_listed=20))
     return 0
 

@@ -28,15 +28,16 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import multiseg  # noqa: E402, F401  (first: it quiets TensorFlow before Keras loads)
 
+# isort: split
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from timers import StepTimer, median_time  # noqa: E402  (tools/bench/timers.py)
 
 from multiseg import recipe as recipe_lib  # noqa: E402
+from multiseg.callbacks import GradflowLogger  # noqa: E402
 from multiseg.data import build_data  # noqa: E402
-from multiseg.gradflow import GradflowLogger  # noqa: E402
 from multiseg.gradients import GradientProbe, summarise  # noqa: E402
 from multiseg.models.build import build_model, compile_model, head_losses  # noqa: E402
 from multiseg.train import train  # noqa: E402

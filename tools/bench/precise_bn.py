@@ -19,8 +19,9 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import multiseg  # noqa: E402, F401  (first: it quiets TensorFlow before Keras loads)
 
+# isort: split
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from timers import StepTimer, median_time  # noqa: E402  (tools/bench/timers.py)

@@ -17,7 +17,9 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+import multiseg  # noqa: E402, F401  (first: it quiets TensorFlow before Keras loads)
 
+# isort: split
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from timers import EpochTimer  # noqa: E402  (tools/bench/timers.py)
