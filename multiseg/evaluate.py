@@ -11,7 +11,6 @@ import json
 import sys
 
 from multiseg.callbacks import nest_logs, weighted_losses
-from multiseg.data import DataError
 from multiseg.errors import UserError, report
 from multiseg.runs import format_metrics, load_run
 
@@ -40,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         figures = evaluate(args.run_dir, split=args.split, checkpoint=args.checkpoint)
-    except (UserError, DataError) as exc:
+    except UserError as exc:
         print(report(exc), file=sys.stderr)
-        return getattr(exc, "exit_code", UserError.exit_code)
+        return exc.exit_code
     print(format_metrics(figures, f"{args.split} ({args.run_dir})"))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:

@@ -227,9 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         report = predict(args.run_dir, args.inputs, args.out, tile=args.tile,
                          overlap=args.overlap, save_probabilities=args.probabilities,
                          checkpoint=args.checkpoint)
-    except (errors.UserError, DataError) as exc:
+    except errors.UserError as exc:
         print(errors.report(exc), file=sys.stderr)
-        return getattr(exc, "exit_code", errors.UserError.exit_code)
+        return exc.exit_code
     print(f"{len(report['images'])} image(s) -> {args.out}"
           f" ({os.path.join(args.out, 'predictions.json')})")
     return 0

@@ -299,9 +299,9 @@ def main(argv: list[str] | None = None) -> int:
             recipe = dataclasses.replace(recipe, output=args.output)
         train(recipe, fresh=args.fresh, verbose=0 if args.quiet else "auto",
               recipe_path=args.recipe)
-    except (UserError, DataError) as exc:
+    except UserError as exc:
         print(report(exc), file=sys.stderr)
-        return getattr(exc, "exit_code", UserError.exit_code)
+        return exc.exit_code
     except TrainingInterrupted as exc:
         print(f"\n{exc}", file=sys.stderr)
         return 130

@@ -18,7 +18,6 @@ from PIL import Image
 from multiseg import recipe as recipe_lib
 from multiseg.data import DataError, build_data, target_names
 from multiseg.data import __main__ as data_cli
-from multiseg.data import targets as targets_lib
 from multiseg.data.patches import RandomCrops, Tiles, make_sets, tile_starts
 from multiseg.data.samples import Item, Loaded
 from multiseg.recipe import from_dict
@@ -279,11 +278,6 @@ class TestReport:
         (tmp_path / "set" / "masks" / "f1.png").write_bytes(b"broken")
         assert data_cli.main([str(path)]) == 2
         assert "error: " in (err := capsys.readouterr().err) and "masks/f1.png" in err
-
-
-def test_recipe_constants_match_the_data_module():
-    assert set(recipe_lib.BOUNDARY_MODES) == set(targets_lib.BOUNDARY_MODES)
-    assert set(recipe_lib.LABEL_MODES) == set(targets_lib.LABEL_MODES)
 
 
 class TestNucleiRecipe:

@@ -20,15 +20,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from multiseg import recipe as recipe_lib
-    from multiseg.data import DataError, build_data
+    from multiseg.data import build_data
     from multiseg.errors import UserError, report
 
     try:
         recipe = recipe_lib.load(args.recipe, args.overrides)
         data = build_data(recipe)
-    except (UserError, DataError) as exc:
+    except UserError as exc:
         print(report(exc), file=sys.stderr)
-        return getattr(exc, "exit_code", UserError.exit_code)
+        return exc.exit_code
     print(data.report.text(max_listed=20))
     return 0
 

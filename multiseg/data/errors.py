@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 
+from multiseg.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(ValueError, UserError):
     """A bad data file: unreadable, mask missing or of the wrong size, NaN pixels, bad labels...
 
     ``path`` is the file at fault (``images/a.png``, ``set.npz:images[3]``) or the folder when
