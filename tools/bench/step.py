@@ -47,7 +47,7 @@ def baseline(recipe, epochs: int) -> list[float]:
                   loss_weights={h: s.loss_weight for h, s in recipe.heads.items()})
     timer = EpochTimer()
     model.fit(x, y, batch_size=recipe.train.batch_size, epochs=epochs, verbose=0,
-              callbacks=[timer], validation_data=data.val)
+              callbacks=[timer], validation_data=data.val.dataset())
     return timer.times
 
 
