@@ -27,10 +27,8 @@ from multiseg.losses import (
     Tversky,
     WeightedCrossentropy,
     build,
-    check_logits_head,
     check_targets,
     loss_options,
-    output_activation,
 )
 
 TOL = 1e-6
@@ -422,6 +420,9 @@ class TestIgnoreEmpty:
     @pytest.mark.parametrize("name", ["dice", "jaccard", "tversky", "focal_tversky"])
     def test_invalid(self, name):
         with pytest.raises(ValueError, match=r"invalid `ignore_empty`='no'; expected True or"):
+            LOSSES[name](ignore_empty="no")
+        # build checks option types first, as the recipe reader does (multiseg.options)
+        with pytest.raises(ValueError, match=r"ignore_empty: expected a boolean, got a string"):
             build({"name": name, "ignore_empty": "no"})
 
     def test_empty_masks(self):
@@ -1226,8 +1227,9 @@ class TestBuild:
         ("dise", r"unknown loss 'dise' \(did you mean 'dice'\?\)\. Expected one of: dice,"),
         ("zzz", r"unknown loss 'zzz'\. Expected one of: dice, jaccard"),
         ({"name": "dice", "smoth": 1.0},
-         r"unknown option 'smoth' of loss 'dice' \(did you mean 'smooth'\?\)\. Options:"),
-        ({"name": "focal", "beta": 1.0}, r"unknown option 'beta' of loss 'focal'"),
+         r"smoth: unknown option of loss 'dice' \(did you mean 'smooth'\?\)\. Options:"),
+        ({"name": "focal", "beta": 1.0}, r"beta: unknown option of loss 'focal'"),
+        ({"name": "dice", "squared": 1}, r"squared: expected a boolean, got an integer \(1\)"),
         ({"smooth": 1.0}, r"has no 'name'"),
         ({"name": "dice", "weight": -1.0}, r"`weight`=-1.0"),
         ({"name": "dice", "smooth": -2.0}, r"Dice: invalid `smooth`=-2.0"),
@@ -1380,58 +1382,6 @@ class TestCheckTargets:
     def test_invalid(self, y, classes, encoding, match):
         with pytest.raises(ValueError, match=match):
             check_targets(y, classes=classes, where="heads.mask", encoding=encoding)
-
-
-class TestCheckLogitsHead:
-    @staticmethod
-    def head(activation=None, channels=3, crop=False, layer=False):
-        inputs = keras.Input((6, 6, 2))
-        x = keras.layers.Conv2D(channels, 1, activation=None if layer else activation)(inputs)
-        if layer:
-            x = keras.layers.Activation(activation)(x)
-        if crop:
-            x = keras.layers.Cropping2D(1)(x)
-        return x
-
-    FOUND = [
-        ({}, "linear"),
-        ({"activation": "softmax"}, "softmax"),
-        ({"activation": "sigmoid", "channels": 1}, "sigmoid"),
-        ({"activation": "softmax", "layer": True}, "softmax"),
-        ({"activation": "softmax", "crop": True}, "softmax"),
-        ({"activation": "relu"}, "relu"),
-    ]
-
-    @pytest.mark.parametrize("kwargs, expected", FOUND)
-    def test_output_activation(self, kwargs, expected):
-        assert output_activation(self.head(**kwargs)) == expected
-
-    def test_ops_and_unknown(self):
-        inputs = keras.Input((4, 3))
-        assert output_activation(keras.ops.sigmoid(inputs)) == "sigmoid"
-        assert output_activation(keras.layers.Add()([inputs, inputs])) is None
-        assert output_activation(np.zeros((1, 3))) is None
-
-    MISTAKES = [
-        ({"activation": "softmax"}, True, r"heads.mask: the output already goes through"
-                                          r" softmax .* applied twice"),
-        ({"activation": "sigmoid", "channels": 1, "crop": True}, True, r"through sigmoid"),
-        ({}, False, r"output is linear \(logits\) but the loss has from_logits=False"),
-        ({"activation": "sigmoid"}, False, r"sigmoid output with 3 channels feeds a"
-                                           r" multi-class softmax loss"),
-        ({"activation": "softmax", "channels": 1}, False, r"softmax over a single channel"),
-    ]
-
-    @pytest.mark.parametrize("kwargs, from_logits, match", MISTAKES)
-    def test_mistakes(self, kwargs, from_logits, match):
-        with pytest.raises(ValueError, match=match):
-            check_logits_head(self.head(**kwargs), from_logits=from_logits, where="heads.mask")
-
-    def test_valid_heads(self):
-        assert check_logits_head(self.head(), from_logits=True, where="m") == "linear"
-        assert check_logits_head(self.head("softmax"), from_logits=False, where="m") == "softmax"
-        assert check_logits_head(self.head("sigmoid"), from_logits=False, multilabel=True,
-                                 where="m") == "sigmoid"
 
 
 PURE_FUNCTIONS = [

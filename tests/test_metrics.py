@@ -497,11 +497,12 @@ class TestBuildMetric:
     ERRORS = [
         ("dise", r"unknown metric 'dise' \(did you mean 'dice'\?\)\. Expected one of: dice,"),
         ({"name": "dice", "clas_id": 1},
-         r"unknown option 'clas_id' of metric 'dice' \(did you mean 'class_id'\?\)"),
-        ({"name": "dice", "from_logits": True}, r"option 'from_logits' is decided by the head"),
-        ({"name": "dice", "classes": 3}, r"option 'classes' is decided by the head"),
-        ({"name": "boundary_f1", "outlines": True},
-         r"option 'outlines' is decided by the head"),
+         r"clas_id: unknown option of metric 'dice' \(did you mean 'class_id'\?\)"),
+        ({"name": "dice", "from_logits": True}, r"from_logits: is decided by the head"),
+        ({"name": "dice", "classes": 3}, r"classes: is decided by the head"),
+        ({"name": "boundary_f1", "outlines": True}, r"outlines: is decided by the head"),
+        ({"name": "boundary_f1", "tolerance": 1.5},
+         r"tolerance: expected an integer, got a number \(1.5\)"),
         ({"class_id": 1}, r"a metric entry is a name or a mapping"),
         ({"name": "top_k_accuracy", "k": 9}, r"`k`=9; expected an integer in \[1, 6\)"),
     ]
