@@ -25,7 +25,7 @@ from multiseg.metrics import (
     build_metric,
     metric_options,
 )
-from multiseg.models.build import head_losses, head_metrics
+from multiseg.models.build import build_model, compile_model, head_losses, head_metrics
 
 TOL = 1e-6
 
@@ -475,6 +475,83 @@ class TestLossTerm:
     def test_invalid(self):
         with pytest.raises(ValueError, match=r"`loss`='dice'; expected a keras.losses.Loss"):
             LossTerm("dice", name="dice")
+
+
+class TestLossTermsComputedOnce:
+    """A head with several loss terms logs each term from the loss's own computation."""
+
+    @staticmethod
+    def step_case(tiny_recipe):
+        model = build_model(tiny_recipe, channels=3)
+        compile_model(model, tiny_recipe)
+        model.run_eagerly = True  # count Python calls of each term's `call`
+        rng = np.random.default_rng(0)
+        x = f32(rng.normal(size=(2, 16, 16, 3)))
+        y = {"mask": rng.integers(0, 4, size=(2, 16, 16)).astype("float32"),
+             "boundary": (rng.random((2, 16, 16, 1)) > 0.8).astype("float32"),
+             "shape": rng.integers(0, 3, size=(2,)).astype("float32")}
+        return model, x, y
+
+    def test_each_term_runs_once_per_step_and_logs_its_value(self, tiny_recipe):
+        model, x, y = self.step_case(tiny_recipe)
+        combined = model.loss["mask"]
+        assert [label for label, _, _ in combined.terms] == ["dice", "crossentropy"]
+        calls = {}
+        for label, _, term in combined.terms:
+            calls[label] = 0
+
+            def counted(y_true, y_pred, _call=term.call, _label=label):
+                calls[_label] += 1
+                return _call(y_true, y_pred)
+
+            term.call = counted
+        # A first step builds what Keras compiles (on JAX by tracing the loss once), then
+        # the counted step starts from fresh metrics.
+        model.train_on_batch(x, y)
+        model.reset_metrics()
+        # The step's forward pass in training mode (batch statistics): the same logits as
+        # the ones the step's loss sees, taken before the step changes the weights.
+        logits = model(x, training=True)["mask"]
+        calls.update(dict.fromkeys(calls, 0))
+        logs = model.train_on_batch(x, y, return_dict=True)
+        assert calls == {"dice": 1, "crossentropy": 1}
+        # The logged term is the unweighted term on the batch (crossentropy weighs 0.5 in the
+        # sum); by hand with fresh losses. 1e-5: float32 sums over 2 x 16 x 16 x 4 values.
+        by_hand = {"dice": build("dice", from_logits=True),
+                   "crossentropy": build("crossentropy", from_logits=True)}
+        for label, loss in by_hand.items():
+            want = float(keras.ops.convert_to_numpy(loss(y["mask"], logits)))
+            assert logs[f"mask_{label}_term"] == pytest.approx(want, abs=1e-5), label
+
+    def test_losses_built_separately_touch_no_metric(self, tiny_recipe):
+        model, x, y = self.step_case(tiny_recipe)
+        model.train_on_batch(x, y)
+        compiled = [m for group in model.metrics for m in getattr(group, "metrics", [group])]
+        terms = [m for m in compiled if isinstance(m, LossTerm)]
+        before = [float(keras.ops.convert_to_numpy(m.result())) for m in terms]
+        assert terms and all(m.linked for m in terms)
+        separate = head_losses(tiny_recipe)["mask"]  # as gradient reports build them
+        separate(y["mask"], model(x, training=False)["mask"])
+        assert [float(keras.ops.convert_to_numpy(m.result())) for m in terms] == before
+
+    def test_unlinked_term_computes_its_loss(self):
+        # linked, update_state leaves the recording to the loss; unlinked it computes
+        loss = build(["dice", "crossentropy"], from_logits=True)
+        terms = {label: LossTerm(term, name=f"{label}_term") for label, _, term in loss.terms}
+        loss.record_terms(terms)
+        terms["dice"].update_state(YM, ZM)
+        assert result(terms["dice"]) == 0.0
+        loss(YM, ZM)
+        want = float(keras.ops.convert_to_numpy(loss.terms[0][2](YM, ZM)))
+        assert result(terms["dice"]) == pytest.approx(want, abs=TOL)
+        again = keras.saving.deserialize_keras_object(
+            keras.saving.serialize_keras_object(terms["dice"]))
+        assert again.linked is False and result(again, (YM, ZM)) == pytest.approx(want, abs=TOL)
+
+    def test_record_terms_refuses_unknown_labels(self):
+        loss = build(["dice", "crossentropy"], from_logits=True)
+        with pytest.raises(ValueError, match=r"no term labelled 'focal'; terms: dice,"):
+            loss.record_terms({"focal": LossTerm(build("focal"), name="focal_term")})
 
 
 class TestBuildMetric:

@@ -251,3 +251,23 @@ class TestClassificationPooling:
         image = np.random.default_rng(3).random((1, 33, 41, 3)).astype(np.float32)
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(image)["shape"]),
                                       keras.ops.convert_to_numpy(model(image)["shape"]))
+
+
+class TestHeadKinds:
+    def test_every_kind_names_a_builder(self):
+        from multiseg.headkinds import HEAD_KINDS
+        from multiseg.models import heads
+
+        for kind in HEAD_KINDS.values():
+            assert callable(getattr(heads, kind.builder)), kind.name
+
+    def test_models_do_not_import_the_recipe(self):
+        import ast
+        from pathlib import Path
+
+        import multiseg.models
+
+        for path in Path(multiseg.models.__file__).parent.glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom):
+                    assert not (node.module or "").startswith("multiseg.recipe"), path.name

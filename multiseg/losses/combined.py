@@ -27,6 +27,12 @@ class CombinedLoss(keras.losses.Loss):
     Attributes:
         terms: list of ``(label, weight, loss)``.
 
+    Logging the terms: ``record_terms`` links a running mean per term (``LossTerm`` metrics
+    compiled with this loss); each call then records each term's value, unweighted, into its
+    mean, as Keras's own compiled loss updates its per-output loss trackers. A term is thus
+    computed once per step, not again by its metric. A loss that was never linked (built on its
+    own, or deserialised) touches no metric.
+
     Raises:
         ValueError: no terms, a negative or non-finite weight, or a term that is not a Loss.
 
@@ -39,13 +45,13 @@ class CombinedLoss(keras.losses.Loss):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         if isinstance(terms, (str, Mapping)) or not isinstance(terms, Sequence) or not terms:
             raise fail("CombinedLoss", "terms", terms,
-                        "a non-empty list of (label, weight, loss) triples")
+                       "a non-empty list of (label, weight, loss) triples")
         self.terms: list[tuple[str, float, keras.losses.Loss]] = []
         used: set[str] = set()
         for i, term in enumerate(terms):
             if not isinstance(term, (tuple, list)) or len(term) not in (2, 3):
                 raise fail("CombinedLoss", f"terms[{i}]", term,
-                            "a (label, weight, loss) triple or a (weight, loss) pair")
+                           "a (label, weight, loss) triple or a (weight, loss) pair")
             label, weight, loss = term if len(term) == 3 else (None, *term)
             if not isinstance(loss, keras.losses.Loss):
                 raise fail("CombinedLoss", f"terms[{i}] loss", loss, "a keras.losses.Loss")
@@ -57,11 +63,37 @@ class CombinedLoss(keras.losses.Loss):
                 label = f"{base}_{count}"
             used.add(label)
             self.terms.append((label, weight, loss))
+        self._trackers: dict[str, Any] = {}
+
+    def record_terms(self, trackers: Mapping[str, Any]) -> None:
+        """From now on, record each term's value into ``trackers[label]`` at every call.
+
+        Args:
+            trackers: term label to a running mean with ``link()`` (told that this loss
+                records its values, so it computes nothing itself) and ``record(value)``:
+                ``multiseg.metrics.LossTerm``. They must be compiled with this loss, so that
+                their variables are the model's metric variables (on JAX the loss runs in a
+                stateless scope that maps them). Replaces any earlier trackers.
+
+        Raises:
+            ValueError: a label that is not one of the terms'.
+        """
+        labels = [label for label, _, _ in self.terms]
+        unknown = [label for label in trackers if label not in labels]
+        if unknown:
+            raise ValueError(f"CombinedLoss: no term labelled {', '.join(map(repr, unknown))};"
+                             f" terms: {', '.join(labels)}.")
+        for tracker in trackers.values():
+            tracker.link()
+        self._trackers = dict(trackers)
 
     def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
         total = None
-        for _, weight, loss in self.terms:
-            value = weight * ops.cast(loss(y_true, y_pred, sample_weight), "float32")
+        for label, weight, loss in self.terms:
+            value = ops.cast(loss(y_true, y_pred, sample_weight), "float32")
+            if label in self._trackers:
+                self._trackers[label].record(value)
+            value = weight * value
             total = value if total is None else total + value
         return total
 

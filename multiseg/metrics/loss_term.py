@@ -14,7 +14,13 @@ class LossTerm(keras.metrics.Mean):
     """Running mean of one loss term, to log each term of a head's loss on its own.
 
     Formula: the mean over batches of ``loss(y_true, y_pred, sample_weight)`` (each batch's
-    reduced loss counts once, as Keras logs its losses).
+    reduced loss counts once).
+
+    Compiled with the head's ``CombinedLoss`` and linked to it (``CombinedLoss.record_terms``,
+    done by ``multiseg.models.build.head_metrics``), the term is computed once per step, by the
+    loss, which records its value here (``record``); ``update_state`` then does nothing. An
+    unlinked LossTerm (on its own, or deserialised) computes ``loss`` itself in
+    ``update_state``.
 
     Args:
         loss: the ``keras.losses.Loss`` to follow.
@@ -33,9 +39,19 @@ class LossTerm(keras.metrics.Mean):
             raise fail("LossTerm", "loss", loss, "a keras.losses.Loss")
         super().__init__(name=name, dtype=dtype)
         self.loss = loss
+        self.linked = False  # the head's loss records the values (not serialised)
+
+    def link(self) -> None:
+        """The loss that holds this term records its values (``record``): stop computing them."""
+        self.linked = True
+
+    def record(self, value: Any) -> None:
+        """Adds one batch's value of the term, as computed by the loss."""
+        super().update_state(value)
 
     def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
-        super().update_state(self.loss(y_true, y_pred, sample_weight))
+        if not self.linked:
+            super().update_state(self.loss(y_true, y_pred, sample_weight))
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "loss": keras.saving.serialize_keras_object(self.loss)}

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
 import keras
 
 from multiseg import losses as losses_lib
 from multiseg import metrics as metrics_lib
-from multiseg.models.heads import HEAD_OUTPUTS, HEADS
+from multiseg.headkinds import HEAD_KINDS
+from multiseg.models import heads as heads_lib
 from multiseg.models.naming import layer_owner
 from multiseg.models.unet import padding_multiple, unet_trunk
-from multiseg.recipe import decided_options
 
 
 def build_model(recipe, *, channels: int) -> keras.Model:
@@ -23,7 +27,8 @@ def build_model(recipe, *, channels: int) -> keras.Model:
     outputs = {}
     for name, head in recipe.heads.items():
         scale = 2 ** int(head.attach.split(".")[1]) if "." in head.attach else 1
-        outputs[name] = HEADS[head.kind](
+        builder = getattr(heads_lib, HEAD_KINDS[head.kind].builder)
+        outputs[name] = builder(
             points[head.attach], image, name=name, classes=head.classes, branch=head.branch,
             scale=scale, grad_scale=head.grad_scale, norm=spec.norm, groups=spec.groups,
             norm_momentum=spec.norm_momentum, activation=spec.activation,
@@ -41,15 +46,23 @@ def parameter_counts(model: keras.Model, heads) -> dict[str, int]:
     return counts
 
 
+def _taken(cls: type, decided: Mapping[str, Any]) -> dict[str, Any]:
+    """Those of a head's decided options that the constructor of ``cls`` has."""
+    params = inspect.signature(cls.__init__).parameters
+    return {k: v for k, v in decided.items() if k in params}
+
+
 def head_losses(recipe) -> dict[str, keras.losses.Loss]:
-    """Each head's loss: its weighted terms, told whether the head outputs logits and whether
-    its channels are independent (multilabel)."""
+    """Each head's loss: its weighted terms, told what the head decides (whether it outputs
+    logits, whether its channels are independent: ``HeadKind.decided_options``)."""
     result = {}
     for name, head in recipe.heads.items():
+        decided = HEAD_KINDS[head.kind].decided_options(multilabel=head.multilabel)
+        from_logits = decided.pop("from_logits")
         entries = [{"name": t.name, "weight": t.weight, **dict(t.options),
-                    **decided_options(head.multilabel)} for t in head.loss]
+                    **_taken(losses_lib.LOSSES[t.name], decided)} for t in head.loss]
         result[name] = losses_lib.build(entries if len(entries) > 1 else entries[0],
-                                        from_logits=HEAD_OUTPUTS[head.kind].from_logits)
+                                        from_logits=from_logits)
     return result
 
 
@@ -61,20 +74,31 @@ def loss_terms(loss: keras.losses.Loss) -> list[tuple[str, float, keras.losses.L
 
 
 def head_metrics(recipe, losses: dict[str, keras.losses.Loss]) -> dict[str, list]:
-    """Each head's metrics, plus one running mean per loss term when a head has several."""
+    """Each head's metrics, plus one running mean per loss term when a head has several.
+
+    The term means are linked to ``losses``: the head's ``CombinedLoss`` records each term's
+    value into them as it computes the loss, so a term is computed once per step. Compile the
+    model with these ``losses`` (``compile_model`` does); losses built separately touch no
+    metric.
+    """
     result = {}
     for name, head in recipe.heads.items():
-        from_logits = HEAD_OUTPUTS[head.kind].from_logits
-        outlines = HEAD_OUTPUTS[head.kind].outlines
-        metrics = [metrics_lib.build_metric({"name": m.name, **dict(m.options),
-                                             **decided_options(head.multilabel)},
-                                            classes=head.classes, from_logits=from_logits,
-                                            outlines=outlines)
-                   for m in head.metrics]
+        decided = HEAD_KINDS[head.kind].decided_options(multilabel=head.multilabel)
+        metrics = []
+        for m in head.metrics:
+            options = _taken(metrics_lib.METRICS[m.name], decided)
+            from_logits = options.pop("from_logits", decided["from_logits"])
+            outlines = options.pop("outlines", False)
+            metrics.append(metrics_lib.build_metric({"name": m.name, **dict(m.options),
+                                                     **options},
+                                                    classes=head.classes,
+                                                    from_logits=from_logits, outlines=outlines))
         terms = loss_terms(losses[name])
         if len(terms) > 1:
-            metrics += [metrics_lib.LossTerm(loss, name=f"{label}_term")
-                        for label, _, loss in terms]
+            trackers = {label: metrics_lib.LossTerm(loss, name=f"{label}_term")
+                        for label, _, loss in terms}
+            losses[name].record_terms(trackers)
+            metrics += list(trackers.values())
         result[name] = metrics
     return result
 

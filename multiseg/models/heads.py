@@ -1,29 +1,18 @@
-"""Head kinds: each builds a head's own branch and output from a trunk attach point.
+"""Head builders: each builds a head's own branch and output from a trunk attach point.
 
-Every layer a head creates is named ``<head>.<part>``, and its last layer is named exactly
-``<head>``, so the model output, its target, loss, metrics and logs share one key. Heads output
-logits; losses and metrics are told so (``from_logits=True``) by the head, never by the user.
+A head kind's record (``multiseg.headkinds.HEAD_KINDS``) names its builder here. Every layer a
+head creates is named ``<head>.<part>``, and its last layer is named exactly ``<head>``, so the
+model output, its target, loss, metrics and logs share one key. Heads output logits; losses and
+metrics are told so (``from_logits=True``) by the head, never by the user.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from keras import layers
 
+from multiseg.headkinds import HEAD_KINDS
 from multiseg.models.layers import CropToMatch, GradientScale, ValidAveragePooling
 from multiseg.models.unet import norm_layer
-
-
-@dataclass(frozen=True)
-class HeadOutput:
-    """What a head kind promises about its output, for losses, metrics and checks."""
-
-    spatial: bool  # (N, H, W, C) if True, else (N, C)
-    from_logits: bool = True
-    # The target is an outline map already: boundary metrics compare the maps themselves
-    # instead of outlines extracted from them (a filled blob would match its outline).
-    outlines: bool = False
 
 
 def _entry(features, *, name: str, grad_scale: float):
@@ -92,13 +81,5 @@ def classification_head(features, image, *, name: str, classes: int,
     return layers.Dense(classes, name=name)(x)
 
 
-HEADS = {
-    "segmentation": segmentation_head,
-    "boundary": boundary_head,
-    "classification": classification_head,
-}
-HEAD_OUTPUTS = {
-    "segmentation": HeadOutput(spatial=True),
-    "boundary": HeadOutput(spatial=True, outlines=True),
-    "classification": HeadOutput(spatial=False),
-}
+# kept until train.py asks headkinds
+HEAD_OUTPUTS = {k: v for k, v in HEAD_KINDS.items()}
