@@ -122,12 +122,11 @@ def _clip(x: Any, low: float, high: float) -> Any:
     return ops.where(x > high, high * ops.ones_like(x), x)
 
 
-def dice(y_true: Any, y_pred: Any, *, from_logits: bool = False, smooth_nr: float = 1e-5,
-         smooth_dr: float = 1e-5, squared: bool = False, per_sample: bool = True,
-         include_background: bool = True, class_weights: Sequence[float] | None = None,
-         ignore_empty: bool = True, multilabel: bool = False) -> Any:
-    """Soft Dice loss per sample; see ``Dice`` for the formula and arguments. Returns (N,)."""
-    owner = "dice"
+def _overlap(y_true: Any, y_pred: Any, *, jaccard: bool, owner: str, from_logits: bool,
+             smooth_nr: float, smooth_dr: float, squared: bool, per_sample: bool,
+             include_background: bool, class_weights: Sequence[float] | None,
+             ignore_empty: bool, multilabel: bool) -> Any:
+    """Dice (``jaccard=False``) or Jaccard loss per sample: the same sums, another ratio."""
     g = tensors.targets(y_true, y_pred, multilabel=multilabel, owner=owner)
     p = _activate(y_pred, from_logits=from_logits, multilabel=multilabel)
     weights = _class_weights(p.shape[-1], _tuple(class_weights),
@@ -138,9 +137,24 @@ def dice(y_true: Any, y_pred: Any, *, from_logits: bool = False, smooth_nr: floa
         total = ops.sum(p * p, axis=axes) + ops.sum(g * g, axis=axes)
     else:
         total = ops.sum(p, axis=axes) + ops.sum(g, axis=axes)
-    score = _ratio(2.0 * inter + smooth_nr, total + smooth_dr)
+    if jaccard:
+        score = _ratio(inter + smooth_nr, total - inter + smooth_dr)
+    else:
+        score = _ratio(2.0 * inter + smooth_nr, total + smooth_dr)
     present = ops.sum(g, axis=axes) > 0 if ignore_empty else None
     return _per_sample(1.0 - _class_mean(score, weights, present, fill=1.0), y_pred, per_sample)
+
+
+def dice(y_true: Any, y_pred: Any, *, from_logits: bool = False, smooth_nr: float = 1e-5,
+         smooth_dr: float = 1e-5, squared: bool = False, per_sample: bool = True,
+         include_background: bool = True, class_weights: Sequence[float] | None = None,
+         ignore_empty: bool = True, multilabel: bool = False) -> Any:
+    """Soft Dice loss per sample; see ``Dice`` for the formula and arguments. Returns (N,)."""
+    return _overlap(y_true, y_pred, jaccard=False, owner="dice", from_logits=from_logits,
+                    smooth_nr=smooth_nr, smooth_dr=smooth_dr, squared=squared,
+                    per_sample=per_sample, include_background=include_background,
+                    class_weights=class_weights, ignore_empty=ignore_empty,
+                    multilabel=multilabel)
 
 
 def jaccard(y_true: Any, y_pred: Any, *, from_logits: bool = False, smooth_nr: float = 1e-5,
@@ -148,20 +162,11 @@ def jaccard(y_true: Any, y_pred: Any, *, from_logits: bool = False, smooth_nr: f
             include_background: bool = True, class_weights: Sequence[float] | None = None,
             ignore_empty: bool = True, multilabel: bool = False) -> Any:
     """Soft Jaccard (IoU) loss per sample; see ``Jaccard``. Returns (N,)."""
-    owner = "jaccard"
-    g = tensors.targets(y_true, y_pred, multilabel=multilabel, owner=owner)
-    p = _activate(y_pred, from_logits=from_logits, multilabel=multilabel)
-    weights = _class_weights(p.shape[-1], _tuple(class_weights),
-                             include_background or multilabel, owner)
-    axes = _sum_axes(len(p.shape), per_sample)
-    inter = ops.sum(p * g, axis=axes)
-    if squared:
-        total = ops.sum(p * p, axis=axes) + ops.sum(g * g, axis=axes)
-    else:
-        total = ops.sum(p, axis=axes) + ops.sum(g, axis=axes)
-    score = _ratio(inter + smooth_nr, total - inter + smooth_dr)
-    present = ops.sum(g, axis=axes) > 0 if ignore_empty else None
-    return _per_sample(1.0 - _class_mean(score, weights, present, fill=1.0), y_pred, per_sample)
+    return _overlap(y_true, y_pred, jaccard=True, owner="jaccard", from_logits=from_logits,
+                    smooth_nr=smooth_nr, smooth_dr=smooth_dr, squared=squared,
+                    per_sample=per_sample, include_background=include_background,
+                    class_weights=class_weights, ignore_empty=ignore_empty,
+                    multilabel=multilabel)
 
 
 def generalized_dice(y_true: Any, y_pred: Any, *, from_logits: bool = False,

@@ -35,8 +35,35 @@ class _RegionLoss(SegmentationLoss):
                 "class_weights": self.class_weights, "ignore_empty": self.ignore_empty}
 
 
+class _OverlapLoss(_RegionLoss):
+    """Dice and Jaccard: the same arguments, a different ratio (``_function``)."""
+
+    default_name = ""  # the log name when ``name`` is None
+    _function: Any = None  # the pure function: dice or jaccard
+
+    def __init__(self, *, from_logits: bool = False, smooth: float | None = None,
+                 smooth_nr: float = DEFAULT_SMOOTH, smooth_dr: float = DEFAULT_SMOOTH,
+                 squared: bool = False, per_sample: bool = True, include_background: bool = True,
+                 class_weights: Sequence[float] | None = None, ignore_empty: bool = True,
+                 multilabel: bool = False, name: str | None = None,
+                 reduction: str | None = "sum_over_batch_size", dtype: Any = None) -> None:
+        super().__init__(from_logits=from_logits, smooth=smooth, smooth_nr=smooth_nr,
+                         smooth_dr=smooth_dr, per_sample=per_sample,
+                         include_background=include_background, class_weights=class_weights,
+                         ignore_empty=ignore_empty, multilabel=multilabel,
+                         name=name or self.default_name, reduction=reduction, dtype=dtype)
+        self.squared = check_bool(type(self).__name__, "squared", squared)
+
+    def _options(self) -> dict[str, Any]:
+        return {**super()._options(), "squared": self.squared}
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        return self._function(y_true, y_pred, from_logits=self.from_logits,
+                              multilabel=self.multilabel, **self._options())
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class Dice(_RegionLoss):
+class Dice(_OverlapLoss):
     """Soft Dice loss, mean over classes, per sample or over the batch.
 
     Formula, for class c with probabilities p and one-hot target g summed over the pixels of a
@@ -73,7 +100,7 @@ class Dice(_RegionLoss):
             with ``per_sample=False``) out of the class mean; a sample with no included class
             present scores 0. Default True (see above for the floor it removes).
         multilabel: C > 1 channels are independent sigmoid outputs. Default False.
-        name, reduction, dtype: as ``keras.losses.Loss``.
+        name: Default None: "dice". reduction, dtype: as ``keras.losses.Loss``.
 
     Shape:
         y_pred (N, ..., C); y_true labels (N, ...) / (N, ..., 1) or one-hot (N, ..., C).
@@ -90,29 +117,12 @@ class Dice(_RegionLoss):
         Milletari et al., "V-Net", 3DV 2016; MONAI ``DiceLoss``.
     """
 
-    def __init__(self, *, from_logits: bool = False, smooth: float | None = None,
-                 smooth_nr: float = DEFAULT_SMOOTH, smooth_dr: float = DEFAULT_SMOOTH,
-                 squared: bool = False, per_sample: bool = True, include_background: bool = True,
-                 class_weights: Sequence[float] | None = None, ignore_empty: bool = True,
-                 multilabel: bool = False, name: str | None = "dice",
-                 reduction: str | None = "sum_over_batch_size", dtype: Any = None) -> None:
-        super().__init__(from_logits=from_logits, smooth=smooth, smooth_nr=smooth_nr,
-                         smooth_dr=smooth_dr, per_sample=per_sample,
-                         include_background=include_background, class_weights=class_weights,
-                         ignore_empty=ignore_empty, multilabel=multilabel, name=name,
-                         reduction=reduction, dtype=dtype)
-        self.squared = check_bool(type(self).__name__, "squared", squared)
-
-    def _options(self) -> dict[str, Any]:
-        return {**super()._options(), "squared": self.squared}
-
-    def call(self, y_true: Any, y_pred: Any) -> Any:
-        return dice(y_true, y_pred, from_logits=self.from_logits, multilabel=self.multilabel,
-                    **self._options())
+    default_name = "dice"
+    _function = staticmethod(dice)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class Jaccard(_RegionLoss):
+class Jaccard(_OverlapLoss):
     """Soft Jaccard (IoU) loss, mean over classes, per sample or over the batch.
 
     Formula, sums over the pixels of a sample (``per_sample=True``) or of the batch::
@@ -142,25 +152,8 @@ class Jaccard(_RegionLoss):
         Rahman & Wang, "Optimizing intersection-over-union in deep neural networks", ISVC 2016.
     """
 
-    def __init__(self, *, from_logits: bool = False, smooth: float | None = None,
-                 smooth_nr: float = DEFAULT_SMOOTH, smooth_dr: float = DEFAULT_SMOOTH,
-                 squared: bool = False, per_sample: bool = True, include_background: bool = True,
-                 class_weights: Sequence[float] | None = None, ignore_empty: bool = True,
-                 multilabel: bool = False, name: str | None = "jaccard",
-                 reduction: str | None = "sum_over_batch_size", dtype: Any = None) -> None:
-        super().__init__(from_logits=from_logits, smooth=smooth, smooth_nr=smooth_nr,
-                         smooth_dr=smooth_dr, per_sample=per_sample,
-                         include_background=include_background, class_weights=class_weights,
-                         ignore_empty=ignore_empty, multilabel=multilabel, name=name,
-                         reduction=reduction, dtype=dtype)
-        self.squared = check_bool(type(self).__name__, "squared", squared)
-
-    def _options(self) -> dict[str, Any]:
-        return {**super()._options(), "squared": self.squared}
-
-    def call(self, y_true: Any, y_pred: Any) -> Any:
-        return jaccard(y_true, y_pred, from_logits=self.from_logits,
-                       multilabel=self.multilabel, **self._options())
+    default_name = "jaccard"
+    _function = staticmethod(jaccard)
 
 
 GENERALIZED_DICE_WEIGHTS = ("square", "simple", "uniform")

@@ -140,11 +140,7 @@ class Precision(_ConfusionMetric):
                                       predicted but the class is present)
 
     {args}
-    Shape:
-        As ``DiceScore``.
-
-    Raises:
-        ValueError: as ``DiceScore``.
+    Shape, Raises: as ``DiceScore``.
 
     Example:
         >>> Precision(1, from_logits=True)
@@ -167,11 +163,7 @@ class Recall(_ConfusionMetric):
                                       was predicted but never present)
 
     {args}
-    Shape:
-        As ``DiceScore``.
-
-    Raises:
-        ValueError: as ``DiceScore``.
+    Shape, Raises: as ``DiceScore``.
 
     Example:
         >>> Recall(4, from_logits=True)
