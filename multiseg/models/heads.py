@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from keras import layers
 
-from multiseg.headkinds import HEAD_KINDS
 from multiseg.models.layers import CropToMatch, GradientScale, ValidAveragePooling
 from multiseg.models.unet import norm_layer
 
@@ -80,6 +79,3 @@ def classification_head(features, image, *, name: str, classes: int,
         x = layers.Dense(units, activation=activation, name=f"{name}.dense{i}")(x)
     return layers.Dense(classes, name=name)(x)
 
-
-# kept until train.py asks headkinds
-HEAD_OUTPUTS = {k: v for k, v in HEAD_KINDS.items()}

@@ -14,8 +14,6 @@ Modules, one job each:
 
 from __future__ import annotations
 
-from typing import Any
-
 from multiseg.data.targets import (
     BOUNDARY_MODES,
     DERIVATIONS,
@@ -52,17 +50,6 @@ from multiseg.recipe.spec import (
     TrainSpec,
 )
 
-
-def decided_options(multilabel: bool) -> dict[str, Any]:
-    """The options a head passes to each of its losses and metrics, beyond ``from_logits``
-    (given separately): ``multilabel`` for a head whose target is multi-hot.
-
-    Kept for ``multiseg.models.build`` until it asks the head's record instead:
-    ``HEAD_KINDS[kind].decided_options(multilabel=...)``.
-    """
-    return {"multilabel": True} if multilabel else {}
-
-
 __all__ = [
     "BOUNDARY_MODES",
     "DERIVATIONS",
@@ -92,7 +79,6 @@ __all__ = [
     "TrainSpec",
     "apply_override",
     "check_output",
-    "decided_options",
     "dump",
     "from_dict",
     "is_multi_hot",
