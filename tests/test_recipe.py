@@ -9,6 +9,7 @@ import os
 import pytest
 import yaml
 
+from multiseg.data import targets as targets_lib
 from multiseg.recipe import (
     Recipe,
     RecipeError,
@@ -566,7 +567,8 @@ class TestDocs:
         keys |= {"derive", "from", "width", "mode", "bins", "every", "weight"}
         keys |= {k for source in SOURCES.values() for k in source.OPTIONS}
         values = {*r.HEAD_KINDS, *r.NORMS, *r.UPSAMPLE_MODES, *r.OPTIMIZERS, *r.WEIGHTINGS,
-                  *r.DERIVATIONS, *r.BOUNDARY_MODES, *r.LABEL_MODES, *SOURCES, "whole", "tile",
+                  *targets_lib.DERIVATIONS, *targets_lib.BOUNDARY_MODES,
+                  *targets_lib.LABEL_MODES, *SOURCES, "whole", "tile",
                   "random", "instances", "cosine", "constant", "stop", "skip",
                   *r.RESERVED_HEAD_NAMES}
         # As `key`, `section.key`, or key: in the example recipe.

@@ -14,14 +14,6 @@ Modules, one job each:
 
 from __future__ import annotations
 
-from multiseg.data.targets import (
-    BOUNDARY_MODES,
-    DERIVATIONS,
-    LABEL_MODES,
-    is_multi_hot,
-    target_classes,
-    target_kind,
-)
 from multiseg.headkinds import HEAD_DECIDED_OPTIONS, HEAD_KINDS
 from multiseg.recipe.files import (
     apply_override,
@@ -51,11 +43,8 @@ from multiseg.recipe.spec import (
 )
 
 __all__ = [
-    "BOUNDARY_MODES",
-    "DERIVATIONS",
     "HEAD_DECIDED_OPTIONS",
     "HEAD_KINDS",
-    "LABEL_MODES",
     "MAX_CLASSES",
     "MAX_HEAD_NAME",
     "NORMS",
@@ -81,10 +70,7 @@ __all__ = [
     "check_output",
     "dump",
     "from_dict",
-    "is_multi_hot",
     "load",
     "load_raw",
     "parse_override",
-    "target_classes",
-    "target_kind",
 ]
