@@ -27,9 +27,11 @@ from multiseg.losses import (
     Tversky,
     WeightedCrossentropy,
     build,
+    check_channels,
     check_targets,
     loss_options,
 )
+from multiseg.options import OptionError
 
 TOL = 1e-6
 REF_TOL = 1e-5  # float32 library vs float64 reference on random inputs
@@ -1191,6 +1193,33 @@ class TestLossOptions:
     def test_unknown_name(self):
         with pytest.raises(ValueError, match=r"unknown loss 'dise' \(did you mean 'dice'\?\)"):
             loss_options("dise")
+
+
+class TestCheckChannels:
+    """Per-channel options against the head's channels, named by key for the recipe reader."""
+
+    @pytest.mark.parametrize("name, options, classes, multilabel, key", [
+        ("crossentropy", {"class_weights": [1.0, 2.0, 3.0]}, 1, False, "class_weights"),
+        ("dice", {"class_weights": [1.0, 2.0]}, 3, False, "class_weights"),
+        ("focal", {"alpha": [0.2, 0.8]}, 1, False, "alpha"),
+        ("focal", {"alpha": [0.2, 0.8]}, 3, False, "alpha"),
+        ("focal", {"alpha": 0.25}, 3, False, "alpha"),
+        ("weighted_crossentropy", {}, 3, False, "name"),
+    ])
+    def test_refused(self, name, options, classes, multilabel, key):
+        with pytest.raises(OptionError) as caught:
+            check_channels(name, options, classes=classes, multilabel=multilabel)
+        assert caught.value.key == key
+
+    @pytest.mark.parametrize("name, options, classes, multilabel", [
+        ("crossentropy", {"class_weights": [1.0, 2.0]}, 1, False),  # [background, foreground]
+        ("dice", {"class_weights": [1.0, 2.0, 3.0]}, 3, False),
+        ("focal", {"alpha": [0.2, 0.3, 0.5]}, 3, False),
+        ("focal", {"alpha": 0.25}, 3, True),  # independent sigmoids take one number
+        ("weighted_crossentropy", {}, 3, True),
+    ])
+    def test_accepted(self, name, options, classes, multilabel):
+        check_channels(name, options, classes=classes, multilabel=multilabel)
 
 
 class TestBuild:

@@ -60,7 +60,7 @@ from multiseg.losses.region import (
     Jaccard,
     Tversky,
 )
-from multiseg.losses.registry import LOSSES, build, loss_options
+from multiseg.losses.registry import LOSSES, build, check_channels, loss_options
 from multiseg.losses.targets import check_targets
 
 __all__ = [
@@ -83,6 +83,7 @@ __all__ = [
     "generalized_dice",
     "jaccard",
     "loss_options",
+    "check_channels",
     "tversky",
     "weighted_crossentropy",
 ]

@@ -22,7 +22,7 @@ from multiseg.data.targets import (
     target_kind,
 )
 from multiseg.headkinds import HEAD_DECIDED_OPTIONS, HEAD_KINDS, HeadKind
-from multiseg.losses import LOSSES, loss_options
+from multiseg.losses import LOSSES, check_channels, loss_options
 from multiseg.losses import build as build_loss
 from multiseg.metrics import METRICS, build_metric, metric_options
 from multiseg.options import OptionError, check_options, show, suggest, type_name
@@ -190,32 +190,10 @@ def _read_terms(raw: Any, path: str, head: HeadKind, multilabel: bool = False
 
 def _check_term_channels(term: LossTermSpec, classes: int, where: str,
                          multilabel: bool = False) -> None:
-    """Per-channel loss options must fit the head's output channels. The loss itself can only
-    tell at the first training step, deep inside Keras; the recipe knows now."""
-    sigmoid = classes == 1 or multilabel
-    weights = term.options.get("class_weights")
-    if isinstance(weights, list):
-        # crossentropy on one sigmoid channel weighs [background, foreground].
-        want = 2 if term.name == "crossentropy" and classes == 1 else classes
-        if len(weights) != want:
-            raise RecipeError(f"{where}.class_weights", f"has {len(weights)} entries; this head"
-                              f" has {classes} output channel{'s' if classes > 1 else ''}:"
-                              f" give {want}" + (" ([background, foreground])"
-                                                 if classes == 1 and want == 2 else ""))
-    alpha = term.options.get("alpha") if term.name == "focal" else None
-    if isinstance(alpha, list) and classes == 1:
-        raise RecipeError(f"{where}.alpha", "a binary head takes one number: the weight of"
-                          f" positives (negatives get 1 - alpha), got {show(alpha)}")
-    if isinstance(alpha, list) and len(alpha) != classes:
-        raise RecipeError(f"{where}.alpha", f"has {len(alpha)} entries; this head has"
-                          f" {classes} classes: give one weight per class")
-    if isinstance(alpha, (int, float)) and not sigmoid:
-        raise RecipeError(f"{where}.alpha", f"one number is ambiguous for a {classes}-class"
-                          f" softmax head: give one weight per class, e.g. {[alpha] * classes}")
-    if term.name == "weighted_crossentropy" and not sigmoid:
-        raise RecipeError(f"{where}.name", f"weighted_crossentropy is a per-channel sigmoid"
-                          f" loss; this head has {classes} softmax classes: use crossentropy"
-                          " with class_weights (a presence target makes a head multilabel)")
+    try:
+        check_channels(term.name, term.options, classes=classes, multilabel=multilabel)
+    except OptionError as exc:
+        raise RecipeError(f"{where}.{exc.key}", exc.message) from None
 
 
 def _read_options(sec: Section, allowed: Mapping[str, Any], what: str,
