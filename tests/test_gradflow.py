@@ -134,6 +134,17 @@ class TestText:
         assert "-0.420" in line and "CONFLICT" in line
         assert f"most at {report['layers'][0]['name']}" in text
 
+    @pytest.mark.parametrize("cosine, verdict", [
+        (-0.42, "CONFLICT"), (-0.1, "CONFLICT"), (-0.014, "unrelated"), (0.0, "unrelated"),
+        (0.099, "unrelated"), (0.1, "agree"), (0.6, "agree")])
+    def test_cosine_verdicts(self, report, cosine, verdict):
+        changed = copy.deepcopy(report)
+        changed["cosine"]["mask|shape"] = cosine
+        line = next(x for x in format_table(changed).splitlines()
+                    if x.strip().startswith("mask|shape "))
+        assert verdict in line
+        assert ("CONFLICT" in line) == (verdict == "CONFLICT")
+
 
 class TestFiles:
     def test_all_formats(self, report, tmp_path):

@@ -229,6 +229,36 @@ class TestOverrides:
             load(path, ["train.epoch=3"])
         assert info.value.path == "train.epoch"
 
+    def test_error_from_an_override_names_the_override(self, tmp_path, tiny_raw):
+        path = tmp_path / "r.yaml"
+        path.write_text(yaml.safe_dump(tiny_raw))
+        with pytest.raises(RecipeError) as info:
+            load(path, ["heads.mask.loss_weight=-1"])
+        assert str(info.value) == ("heads.mask.loss_weight: must be >= 0, got -1.0"
+                                   " (from --set heads.mask.loss_weight=-1)")
+        # A mistake of the file keeps naming the file, whatever else --set changed.
+        tiny_raw["train"]["epochs"] = 0
+        path.write_text(yaml.safe_dump(tiny_raw))
+        with pytest.raises(RecipeError, match=rf"train.epochs: must be > 0, got 0 \(in {path}\)"):
+            load(path, ["heads.mask.loss_weight=0.5"])
+
+    def test_misspelled_head_is_suggested(self, tmp_path, tiny_raw):
+        path = tmp_path / "r.yaml"
+        path.write_text(yaml.safe_dump(tiny_raw))
+        with pytest.raises(RecipeError) as info:
+            load(path, ["heads.masks.loss_weight=0.5"])
+        assert info.value.path == "--set heads.masks.loss_weight"
+        assert "the recipe has no head 'masks' (did you mean 'mask'?)" in str(info.value)
+        assert "is required" not in str(info.value)
+
+    def test_new_head_by_override(self, tmp_path, tiny_raw):
+        # A head unlike every head of the file is an addition, read like one in the file.
+        path = tmp_path / "r.yaml"
+        path.write_text(yaml.safe_dump(tiny_raw))
+        recipe = load(path, ["heads.outline.kind=boundary",
+                             "heads.outline.target={derive: boundary, from: mask}"])
+        assert recipe.heads["outline"].kind == "boundary"
+
     @pytest.mark.parametrize("text", ["train.epochs", "=3", "heads.mask.loss[x].weight=1"])
     def test_malformed(self, text):
         with pytest.raises(RecipeError, match="--set"):

@@ -408,6 +408,13 @@ class TestCommandLine:
         assert main([path, "--set", "train.epochs=-1"]) == 2
         assert "train.epochs: must be > 0" in capsys.readouterr().err
 
+    def test_misspelled_head_in_override(self, tmp_path, tiny_raw, capsys):
+        path = self._write(tmp_path, tiny_raw)
+        assert main([path, "--set", "heads.masks.loss_weight=0.5"]) == 2
+        err = capsys.readouterr().err
+        assert "--set heads.masks.loss_weight: the recipe has no head 'masks'" in err
+        assert "(did you mean 'mask'?)" in err and "is required" not in err
+
     def test_overrides_and_output(self, tmp_path, tiny_raw, capsys):
         tiny_raw["data"]["train"] = 8
         path = self._write(tmp_path, tiny_raw)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from multiseg.gradflow.table import fmt_value, head_label
+from multiseg.gradflow.table import UNRELATED_BELOW, fmt_value, head_label
 from multiseg.models.naming import SHARED
 
 FIGURES = ("norms", "network", "conflict")
@@ -226,7 +226,7 @@ def conflict_figure(report: Mapping[str, Any]):
             value = matrix[i, j]
             text = ("n/a" if np.isnan(value) else
                     f"{value:+.3f}" if abs(value) < 0.01 else f"{value:+.2f}")
-            if not np.isnan(value) and value < 0:
+            if not np.isnan(value) and value <= -UNRELATED_BELOW:
                 text += "\nconflict"
             left.text(j, i, text, ha="center", va="center", fontsize=8,
                       color="white" if not np.isnan(value) and abs(value) > 0.6 else "black")

@@ -23,11 +23,28 @@ def head_label(report: Mapping, head: str) -> str:
     return f"{head} (w {report['loss_weights'][head]:g}{extra})"
 
 
+# |cosine| below this: the heads' gradients are unrelated. With gradients of equal norms, a
+# cosine c makes their sum sqrt(1 + c) times as long as orthogonal ones would: within +-0.1
+# that is within 5%, too little to say that one head helps or hinders the other. (PCGrad-style
+# methods act on any negative cosine; this threshold is for reading a report.)
+UNRELATED_BELOW = 0.1
+
+
+def cosine_verdict(value: float | None) -> str:
+    """``agree`` (>= 0.1), ``unrelated`` (within +-0.1) or ``CONFLICT`` (<= -0.1)."""
+    if value is None:
+        return "undefined: one head sends no gradient into the trunk"
+    if value <= -UNRELATED_BELOW:
+        return "CONFLICT (opposing directions)"
+    if value < UNRELATED_BELOW:
+        return "unrelated (nearly orthogonal)"
+    return "agree"
+
+
 def format_table(report: Mapping[str, Any]) -> str:
     """The terminal table: per layer and head the gradient norm, then trunk norms and cosines.
 
-    Negative cosines on the shared trunk are labelled ``CONFLICT``: there the heads' gradients
-    point in opposing directions and partly cancel in the total.
+    Cosines on the shared trunk are labelled with ``cosine_verdict``.
     """
     heads = report["heads"]
     what = ("weighted gradients w_h * dL_h/dθ" if report["mode"] == "weighted"
@@ -76,18 +93,14 @@ def format_table(report: Mapping[str, Any]) -> str:
                      " (all shared layers | the shared layers both reach):")
         for key, value in report["cosine"].items():
             common = report["cosine_common"][key]
-            verdict = ("undefined: one head sends no gradient into the trunk"
-                       if value is None else
-                       "CONFLICT (opposing directions)" if value <= -0.1 else
-                       "CONFLICT (weak: nearly orthogonal)" if value < 0 else
-                       "nearly orthogonal" if value < 0.1 else "agree")
+            verdict = cosine_verdict(value)
             value_text = "n/a" if value is None else f"{value:+.3f}"
             common_text = "n/a" if common is None else f"{common:+.3f}"
             lines.append(f"  {key:<{2 * col + 1}}  {value_text:>7} | {common_text:>7}  {verdict}")
         layer_conflicts = {}
         for entry in report["layers"]:
             for key, value in entry["cosine"].items():
-                if value is not None and value < 0:
+                if value is not None and value <= -UNRELATED_BELOW:
                     layer_conflicts.setdefault(key, []).append(entry["name"])
         for key in report["cosine"]:
             names = layer_conflicts.get(key, [])
@@ -95,6 +108,7 @@ def format_table(report: Mapping[str, Any]) -> str:
             if names:
                 worst = min(names, key=lambda name: next(
                     e["cosine"][key] for e in report["layers"] if e["name"] == name))
-                lines.append(f"  {key}: conflict (negative cosine) on {len(names)} of {shared}"
+                lines.append(f"  {key}: conflict (cosine <= -{UNRELATED_BELOW:g}) on {len(names)}"
+                             f" of {shared}"
                              f" shared layers, most at {worst}")
     return "\n".join(lines)

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from multiseg.options import show, type_name
+from multiseg.options import show, suggest, type_name
 from multiseg.recipe.reader import RecipeError, key_text, output_problem
 from multiseg.recipe.sections import from_dict
 from multiseg.recipe.spec import Recipe
@@ -40,14 +40,31 @@ def parse_override(text: str) -> tuple[list[str | int], Any]:
     return parts, value
 
 
+def override_path(parts: list[str | int]) -> str:
+    """The field path an override sets, as errors write it: ``heads.mask.loss[0].weight``."""
+    path = ""
+    for part in parts:
+        path = (f"{path}[{part}]" if isinstance(part, int)
+                else f"{path}.{key_text(part)}" if path else key_text(part))
+    return path
+
+
 def apply_override(raw: dict, parts: list[str | int], value: Any) -> None:
-    """Sets one value inside raw recipe data, creating mappings on the way."""
+    """Sets one value inside raw recipe data, creating mappings on the way. A head that the
+    recipe does not have, named like one it has, is refused as a misspelling: creating it
+    would only lead to "heads.masks.kind: is required"."""
     node: Any = raw
     path = ""
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
-        path = (f"{path}[{part}]" if isinstance(part, int)
-                else f"{path}.{key_text(part)}" if path else key_text(part))
+        path = override_path(parts[:i + 1])
+        if (i == 1 and parts[0] == "heads" and isinstance(node, dict) and node
+                and part not in node):
+            hint = suggest(part, [str(h) for h in node])
+            if hint:
+                raise RecipeError(f"--set {override_path(parts)}", f"the recipe has no head"
+                                  f" {show(part)}{hint}. Its heads: "
+                                  f"{', '.join(str(h) for h in node)}")
         if isinstance(part, int):
             if not isinstance(node, list) or part >= len(node):
                 raise RecipeError(path, "no such list entry to override")
@@ -142,9 +159,11 @@ def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -
     if not isinstance(raw, dict):
         raise RecipeError(os.fspath(path), f"a recipe is a mapping of sections, got"
                           f" {type_name(raw)}")
+    overridden = []
     for text in overrides:
         parts, value = parse_override(text)
         apply_override(raw, parts, value)
+        overridden.append((override_path(parts), text.strip()))
     try:
         recipe = from_dict(raw)
         check_output(recipe.output)
@@ -152,7 +171,16 @@ def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -
     except RecipeError as exc:
         if not exc.path:  # the top level: name the file
             raise RecipeError(os.fspath(path), exc.message) from None
-        raise RecipeError(exc.path, f"{exc.message} (in {os.fspath(path)})") from None
+        # A mistake at or inside a field that --set wrote is the command line's, not the file's.
+        cause = next((text for field, text in reversed(overridden)
+                      if _within(exc.path, field) or _within(field, exc.path)), None)
+        origin = f"from --set {cause}" if cause else f"in {os.fspath(path)}"
+        raise RecipeError(exc.path, f"{exc.message} ({origin})") from None
+
+
+def _within(path: str, field: str) -> bool:
+    """Whether ``path`` is ``field`` or a field inside it."""
+    return path == field or path.startswith((f"{field}.", f"{field}["))
 
 
 def dump(recipe: Recipe) -> str:
