@@ -15,7 +15,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import multiseg
-from multiseg.callbacks import HeadLogs, TensorBoardLogs
+from multiseg.callbacks import HeadLogs, TensorBoardLogs, nest_logs
 from multiseg.data import DataError, build_data
 from multiseg.models.build import build_model, compile_model, head_losses
 from multiseg.recipe import from_dict, load
@@ -143,6 +143,15 @@ class TestTotalLoss:
                                              if k != "shape"})
         with pytest.raises(ValueError, match="do not match the model outputs"):
             compile_model(model, broken)
+
+
+def test_logs_nest_in_the_recipe_order():
+    # Keras sorts its logs by name; summaries and metrics.json list heads as the recipe does.
+    logs = {"boundary_dice": 0.5, "loss": 1.0, "mask_dice": 0.9, "shape_accuracy": 0.7,
+            "learning_rate": 1e-3}
+    nested = nest_logs(logs, ["shape", "mask", "boundary"])
+    assert list(nested) == ["shape", "mask", "boundary", "total", "optimizer"]
+    assert nested["mask"] == {"dice": 0.9} and nested["total"] == {"loss": 1.0}
 
 
 class TestCallbackOrder:

@@ -36,12 +36,15 @@ def current_learning_rate(model: keras.Model) -> float:
 
 
 def nest_logs(logs: dict, heads) -> dict:
-    """{"mask_dice": x, "loss": y} -> {"mask": {"dice": x}, "total": {"loss": y}}."""
+    """{"mask_dice": x, "loss": y} -> {"mask": {"dice": x}, "total": {"loss": y}}: the heads in
+    the recipe's order, then the total, then the rest (Keras sorts its logs by name)."""
     nested: dict[str, dict] = {}
     for key, value in logs.items():
         group, name = split_log_key(key, heads)
         nested.setdefault(group, {})[name] = float(value)
-    return nested
+    first = [*heads, "total"]
+    return {**{g: nested[g] for g in first if g in nested},
+            **{g: v for g, v in nested.items() if g not in first}}
 
 
 def weighted_losses(logs: dict, loss_weights: dict[str, float]) -> dict[str, float]:
