@@ -2,7 +2,9 @@
 
 import os as _os
 
-# TensorFlow prints start-up notices on import; keep them unless the user chose a level.
+# TensorFlow's C++ logging below warnings stays off unless the user chose a level
+# (``--verbose`` on a command shows it all: ``multiseg.startup``).
+TF_LOG_LEVEL_IS_OURS = "TF_CPP_MIN_LOG_LEVEL" not in _os.environ
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"

@@ -22,6 +22,10 @@ class TrainingStopped(UserError):
     exit_code = 3
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, after the current step was checkpointed (exit code 130)."""
+
+
 def report(error: BaseException) -> str:
     """The line a command prints for a ``UserError``."""
     return f"error: {error}"

@@ -10,9 +10,9 @@ import argparse
 import json
 import sys
 
-from multiseg.callbacks import nest_logs, weighted_losses
 from multiseg.errors import UserError, report
-from multiseg.runs import format_metrics, load_run
+from multiseg.runs import format_metrics, run_recipe
+from multiseg.startup import import_keras
 
 
 def evaluate(run_dir: str, *, split: str = "val", checkpoint: bool = False) -> dict:
@@ -21,6 +21,9 @@ def evaluate(run_dir: str, *, split: str = "val", checkpoint: bool = False) -> d
     Raises:
         RunNotFound: no run in ``run_dir``, or its weights do not fit (``WeightsMismatch``).
     """
+    from multiseg.callbacks import nest_logs, weighted_losses
+    from multiseg.runs import load_run
+
     recipe, data, model = load_run(run_dir, checkpoint=checkpoint)
     batches = data.val if split == "val" else data.train
     logs = model.evaluate(batches.dataset(), verbose=0, return_dict=True)
@@ -36,8 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", action="store_true",
                         help="use the latest checkpoint instead of model.keras")
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show the backend's start-up messages (TensorFlow, CUDA)")
     args = parser.parse_args(argv)
     try:
+        run_recipe(args.run_dir, build=False)  # a wrong directory is answered before Keras
+        import_keras(verbose=args.verbose)
         figures = evaluate(args.run_dir, split=args.split, checkpoint=args.checkpoint)
     except UserError as exc:
         print(report(exc), file=sys.stderr)

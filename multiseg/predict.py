@@ -4,11 +4,17 @@ Each image is read and normalised as the run's recipe reads its training images,
 the model whole (the trunk pads any size; ``--tile`` cuts very large images into overlapping
 windows whose logits are averaged), and every head's prediction is written:
 
-- ``<out>/<stem>.<head>.png``: segmentation heads as a label image (class index per pixel;
-  0/255 for a one-class mask), boundary heads as 0/255 at the 0.5 threshold;
+- ``<out>/<stem>.<head>.png``: every spatial head as a palette PNG: each pixel holds its class
+  index (one-channel heads: 1 where the probability is at least 0.5), a viewer shows the class
+  colours (the source's own palette when its masks came as colours, else multiseg's, binary
+  maps black and white);
 - ``<out>/<stem>.<head>.npy`` (with ``--probabilities``): the per-pixel probabilities;
 - ``<out>/predictions.json``: every classification head's class probabilities and predicted
   class per image, with the files written for the spatial heads.
+
+A grey image given to a model trained on colour images is repeated into three channels, and a
+colour image given to a grey model is converted to luminance (alpha channels are dropped);
+``predictions.json`` records each conversion.
 
 A classification head sees the whole input, so on an image much larger than the training
 tiles its answer is about the whole image (with ``--tile``: the mean over windows).
@@ -21,12 +27,12 @@ import json
 import os
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
-from PIL import Image
 
 from multiseg import errors, load_model
+from multiseg.colours import class_colours, palette_image
 from multiseg.data import DataError, head_targets, target_names
 from multiseg.data.files import IMAGE_EXTENSIONS
 from multiseg.data.io import read_array, to_image
@@ -34,6 +40,10 @@ from multiseg.data.patches import tile_starts
 from multiseg.data.sources import is_synthetic, source_targets
 from multiseg.headkinds import HEAD_KINDS
 from multiseg.runs import WeightsMismatch, load_run_model, run_recipe
+from multiseg.startup import import_keras
+
+if TYPE_CHECKING:
+    import keras
 
 
 @dataclass(frozen=True)
@@ -45,16 +55,23 @@ class HeadPrediction:
     classes: int
     sigmoid: bool  # one channel, or a multi-label presence head
     names: tuple[str, ...]
+    colours: np.ndarray  # (classes, 3) uint8, the palette of its label images
 
 
 def head_predictions(recipe) -> list[HeadPrediction]:
-    infos = source_targets(recipe.data.source.kind, recipe.data.source.options)
+    options = recipe.data.source.options
+    infos = source_targets(recipe.data.source.kind, options)
     heads = []
     for target in head_targets(recipe):
         head = recipe.heads[target.head]
+        colours = class_colours(head.classes)
+        palette = options.get("palette") if options.get("mask_format") == "palette" else None
+        if (palette and target.source == "mask" and target.derive is None
+                and len(palette) == head.classes):
+            colours = np.array(list(palette.values()), np.uint8)  # the data's own colours
         heads.append(HeadPrediction(target.head, HEAD_KINDS[head.kind].spatial, head.classes,
                                     sigmoid=head.classes == 1 or head.multilabel,
-                                    names=target_names(target, infos)))
+                                    names=target_names(target, infos), colours=colours))
     return heads
 
 
@@ -80,6 +97,34 @@ def read_input(path: str, recipe) -> np.ndarray:
     options = {} if is_synthetic(recipe.data.source.kind) else recipe.data.source.options
     return to_image(path, read_array(path), intensity=options.get("intensity", "dtype"),
                     channels=options.get("channels"))
+
+
+# ITU-R BT.601 luma, the weights of PIL's "L" conversion.
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def fit_channels(path: str, image: np.ndarray, expected: int) -> tuple[np.ndarray, str | None]:
+    """``image`` (H, W, C) with the ``expected`` channels: grey repeated into RGB, RGB(A)
+    converted to luminance, an alpha channel dropped; with what was done (None: nothing).
+
+    Raises:
+        DataError: no such conversion (e.g. 5 channels for a 3-channel model).
+    """
+    have = image.shape[-1]
+    if have == expected:
+        return image, None
+    colour = image[..., :3] if have in (3, 4) else None
+    grey = image[..., :1] if have in (1, 2) else None
+    if expected == 3 and grey is not None:
+        return np.repeat(grey, 3, axis=-1), "grey -> RGB"
+    if expected == 3 and colour is not None:
+        return colour, "RGBA -> RGB"
+    if expected == 1 and colour is not None:
+        return (colour @ LUMA)[..., None].astype(np.float32), "RGB -> grey"
+    if expected == 1 and grey is not None:
+        return grey, "grey with alpha -> grey"
+    raise DataError(path, f"has {have} channel(s) but the model was trained on {expected};"
+                    " convert the file")
 
 
 def predict_logits(model: keras.Model, image: np.ndarray, *, tile: int | None = None,
@@ -124,12 +169,21 @@ def probabilities(head: HeadPrediction, logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
-def spatial_picture(head: HeadPrediction, probs: np.ndarray) -> np.ndarray:
-    """uint8 (H, W): class indices, or 0/255 for a one-channel map at 0.5."""
+def spatial_labels(head: HeadPrediction, probs: np.ndarray) -> np.ndarray:
+    """(H, W) class indices; a one-channel map: 1 where the probability is at least 0.5."""
     if head.classes == 1:
-        return np.where(probs[..., 0] >= 0.5, 255, 0).astype(np.uint8)
-    labels = np.argmax(probs, axis=-1)
-    return labels.astype(np.uint8 if head.classes <= 256 else np.uint16)
+        return (probs[..., 0] >= 0.5).astype(np.uint8)
+    return np.argmax(probs, axis=-1).astype(np.uint8 if head.classes <= 256 else np.uint16)
+
+
+def write_labels(path: str, head: HeadPrediction, labels: np.ndarray) -> None:
+    """A palette PNG (index and colour) up to 256 classes; a 16-bit grey PNG beyond."""
+    if head.classes <= 256:
+        palette_image(labels, head.colours).save(path)
+    else:
+        from PIL import Image
+
+        Image.fromarray(labels).save(path)
 
 
 def image_level_answer(head: HeadPrediction, probs: np.ndarray) -> dict:
@@ -146,17 +200,19 @@ def image_level_answer(head: HeadPrediction, probs: np.ndarray) -> dict:
 
 def _run_model(run_dir: str, recipe, *, checkpoint: bool, first: tuple[str, np.ndarray]):
     """The trained model; ``model.keras`` knows its input channels, a checkpoint does not, so
-    that one is built for the first image's channels."""
+    that one is built for the first image's channels, else for grey or RGB (the other)."""
     model_path = os.path.join(run_dir, "model.keras")
     if not checkpoint and os.path.isfile(model_path):
         return load_model(model_path, compile=False)
     path, image = first
-    try:
-        return load_run_model(run_dir, recipe, channels=image.shape[-1], checkpoint=True)
-    except WeightsMismatch:
-        raise DataError(path, f"has {image.shape[-1]} channel(s), which the run's model does not"
-                        " take; set data.source.channels in the recipe or convert the"
-                        " file") from None
+    have = image.shape[-1]
+    for channels in dict.fromkeys((have, 3 if have in (1, 2) else 1)):
+        try:
+            return load_run_model(run_dir, recipe, channels=channels, checkpoint=True)
+        except WeightsMismatch:
+            continue
+    raise DataError(path, f"has {have} channel(s); the run's checkpoint fits neither them nor"
+                    " a grey or RGB conversion") from None
 
 
 def predict(run_dir: str, inputs: list[str], out: str, *, tile: int | None = None,
@@ -174,10 +230,7 @@ def predict(run_dir: str, inputs: list[str], out: str, *, tile: int | None = Non
     stems: dict[str, str] = {}
     for path in files:
         image = first if path == files[0] else read_input(path, recipe)
-        if image.shape[-1] != expected:
-            raise DataError(path, f"has {image.shape[-1]} channel(s) but the model was trained"
-                            f" on {expected}; set data.source.channels in the recipe or"
-                            " convert the file")
+        image, converted = fit_channels(path, image, expected)
         stem = os.path.splitext(os.path.basename(path))[0]
         if stem in stems:
             raise DataError(path, f"has the same name as {stems[stem]}: their outputs would"
@@ -185,13 +238,15 @@ def predict(run_dir: str, inputs: list[str], out: str, *, tile: int | None = Non
         stems[stem] = path
         logits = predict_logits(model, image, tile=tile, overlap=overlap)
         entry: dict = {"path": path, "size": list(image.shape[:2])}
+        if converted:
+            entry["converted"] = converted
         for head in heads:
             probs = probabilities(head, logits[head.name])
             if not head.spatial:
                 entry[head.name] = image_level_answer(head, probs)
                 continue
             picture = os.path.join(out, f"{stem}.{head.name}.png")
-            Image.fromarray(spatial_picture(head, probs)).save(picture)
+            write_labels(picture, head, spatial_labels(head, probs))
             entry[head.name] = {"png": picture}
             if save_probabilities:
                 array_path = os.path.join(out, f"{stem}.{head.name}.npy")
@@ -218,12 +273,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write each spatial head's probabilities as .npy")
     parser.add_argument("--checkpoint", action="store_true",
                         help="use the latest checkpoint instead of model.keras")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show the backend's start-up messages (TensorFlow, CUDA)")
     args = parser.parse_args(argv)
     if args.tile is not None and args.tile < 16:
         parser.error("--tile must be at least 16 pixels")
     if not 0 <= args.overlap < 1:
         parser.error("--overlap must be in [0, 1)")
     try:
+        run_recipe(args.run_dir, build=False)  # mistakes are answered before Keras starts
+        input_files(args.inputs)
+        import_keras(verbose=args.verbose)
         report = predict(args.run_dir, args.inputs, args.out, tile=args.tile,
                          overlap=args.overlap, save_probabilities=args.probabilities,
                          checkpoint=args.checkpoint)

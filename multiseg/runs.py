@@ -4,7 +4,8 @@ A run directory (written by ``multiseg.train``) holds ``recipe.yaml`` (the resol
 ``checkpoints/`` (``epoch-NNNN[-step-NNNNNN].weights.h5`` and ``state.json`` naming the last
 good one), ``logs/`` (TensorBoard), ``metrics.json`` and ``model.keras``. This module is the one
 place that finds those files: the commands (train, evaluate, predict) and the gradient-flow
-report ask it.
+report ask it. Reading a run's records needs no Keras (the commands check a run before Keras
+starts); rebuilding its model imports ``multiseg.models`` when asked.
 """
 
 from __future__ import annotations
@@ -15,20 +16,15 @@ import re
 import shutil
 import warnings
 from dataclasses import dataclass
-
-import keras
+from typing import TYPE_CHECKING
 
 from multiseg import load_model
 from multiseg import recipe as recipe_lib
 from multiseg.data import build_data
 from multiseg.errors import UserError
-from multiseg.models.build import (
-    build_model,
-    compile_model,
-    head_losses,
-    loss_terms,
-    parameter_counts,
-)
+
+if TYPE_CHECKING:
+    import keras
 
 CHECKPOINT_PATTERN = re.compile(r"^epoch-(\d+)(?:-step-(\d+))?\.weights\.h5$")
 
@@ -92,8 +88,9 @@ def read_json(path: str) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def run_recipe(run_dir: str, overrides=()):
-    """The run's resolved recipe (its ``recipe.yaml``), with ``--set`` ``overrides``.
+def run_recipe(run_dir: str, overrides=(), *, build: bool = True):
+    """The run's resolved recipe (its ``recipe.yaml``), with ``--set`` ``overrides``; ``build``
+    as in ``multiseg.recipe.load`` (False: checked without Keras).
 
     Raises:
         RunNotFound: the directory holds no ``recipe.yaml``.
@@ -101,7 +98,7 @@ def run_recipe(run_dir: str, overrides=()):
     path = os.path.join(run_dir, "recipe.yaml")
     if not os.path.isfile(path):
         raise RunNotFound(f"{run_dir}: no recipe.yaml here; is this a multiseg run directory?")
-    return recipe_lib.load(path, list(overrides))
+    return recipe_lib.load(path, list(overrides), build=build)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,6 +115,8 @@ def load_weights(model: keras.Model, recipe, run_dir: str, *, checkpoint: bool =
         RunNotFound: neither ``model.keras`` nor a checkpoint.
         WeightsMismatch: the saved weights do not fit ``model``.
     """
+    from multiseg.models.build import compile_model
+
     model_path = os.path.join(run_dir, "model.keras")
     if checkpoint or not os.path.isfile(model_path):
         found = latest_checkpoint(os.path.join(run_dir, "checkpoints"))
@@ -150,6 +149,8 @@ def load_weights(model: keras.Model, recipe, run_dir: str, *, checkpoint: bool =
 
 def load_run_model(run_dir: str, recipe, *, channels: int, checkpoint: bool = False):
     """The run's compiled model with its trained weights (see :func:`load_weights`)."""
+    from multiseg.models.build import build_model, compile_model
+
     model = build_model(recipe, channels=channels)
     compile_model(model, recipe)
     load_weights(model, recipe, run_dir, checkpoint=checkpoint)
@@ -290,6 +291,8 @@ def prepare_run_dir(recipe, *, fresh: bool) -> str:
 
 def describe(recipe, model: keras.Model, data, recipe_path: str | None = None) -> str:
     """The start-up summary: data, trunk, and per head its target, loss terms and weights."""
+    from multiseg.models.build import head_losses, loss_terms, parameter_counts
+
     counts = parameter_counts(model, recipe.heads)
     d = recipe.data
     lines = [

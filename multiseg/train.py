@@ -2,281 +2,31 @@
 
 Writes the run directory: ``recipe.yaml`` (resolved), ``checkpoints/`` (atomic; the same
 command resumes), ``logs/`` (TensorBoard), ``metrics.json`` and ``model.keras``.
+
+The recipe and its ``--set`` overrides are read and checked before Keras is imported, so a
+mistake is answered at once; the training itself is ``multiseg.trainer``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
-import time
-from dataclasses import dataclass
 
-import keras
-import numpy as np
-
-from multiseg import load_model
 from multiseg import recipe as recipe_lib
-from multiseg.batchnorm import (
-    MODE_GAP_MARGIN,
-    PreciseBatchNorm,
-    has_mode_dependent_layers,
-    mode_gap,
-    mode_gap_warning,
-)
-from multiseg.callbacks import (
-    AtomicCheckpoint,
-    GradflowLogger,
-    HeadLogs,
-    InterruptGuard,
-    NonFiniteGuard,
-    NonFiniteLoss,
-    TensorBoardLogs,
-    TrainingInterrupted,
-    nest_logs,
-    restore_rng_state,
-    save_model_atomic,
-    weighted_losses,
-    write_json_atomic,
-)
-from multiseg.data import DataError, build_data
-from multiseg.errors import UserError, report
-from multiseg.headkinds import HEAD_KINDS
-from multiseg.losses import check_targets
-from multiseg.metrics import LossTerm
-from multiseg.models.build import build_model, compile_model, head_losses, head_metrics
-from multiseg.runs import (
-    check_run_dir,
-    describe,
-    epochs_text,
-    format_metrics,
-    latest_checkpoint,
-    prepare_run_dir,
-    read_json,
-)
-
-
-@dataclass
-class TrainResult:
-    model: keras.Model
-    run_dir: str
-    metrics: dict
-    epochs_run: int
-
-
-def _finished_run(recipe, verbose) -> TrainResult:
-    """The records of a run that already reached train.epochs, read and left untouched."""
-    run_dir = recipe.output
-    epochs = recipe.train.epochs
-    if verbose:
-        longer = ("raise train.epochs" if recipe.train.lr_schedule == "constant" else
-                  "start a new run with more epochs (another --output, or --fresh): the"
-                  " cosine schedule spans the run's epochs")
-        print(f"{run_dir} is complete: {epochs} of {epochs_text(epochs)} trained; its metrics.json"
-              f" and model.keras are left as they are. To train longer, {longer}.", flush=True)
-    model = load_model(os.path.join(run_dir, "model.keras"))
-    metrics = read_json(os.path.join(run_dir, "metrics.json"))
-    return TrainResult(model=model, run_dir=run_dir, metrics=metrics, epochs_run=0)
-
-
-def _seed_everything(recipe) -> None:
-    keras.utils.set_random_seed(recipe.seed)
-    if recipe.train.deterministic and keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
-
-
-def _preview(data, heads: list[str], count: int = 4) -> tuple:
-    """A few validation images and their targets, drawn in TensorBoard each epoch."""
-    images, targets = data.val[0]
-    return (np.asarray(images[:count]), {h: np.asarray(targets[h][:count]) for h in heads},
-            heads)
+from multiseg.errors import TrainingInterrupted, UserError, report
+from multiseg.startup import import_keras
 
 
 def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
-          recipe_path: str | None = None, extra_callbacks=()) -> TrainResult:
-    """Trains ``recipe`` into its run directory, resuming from its last checkpoint if any.
-    Everything that can be refused (the run directory, the data, the first batch's targets)
-    is checked before the directory is written or, with ``fresh``, emptied."""
-    state = check_run_dir(recipe, fresh=fresh)
-    if state.complete:
-        return _finished_run(recipe, verbose)
-    _seed_everything(recipe)
-    # When the summary is printed, the report is part of it; otherwise it goes to the log.
-    data = build_data(recipe, log_report=not verbose)
-    _check_first_batch(recipe, data)
-    run_dir = prepare_run_dir(recipe, fresh=fresh)
-    model = build_model(recipe, channels=data.channels)
-    steps = len(data.train)
-    compile_model(model, recipe, total_steps=steps * recipe.train.epochs)
-    if verbose:
-        print(describe(recipe, model, data, recipe_path), flush=True)
+          recipe_path: str | None = None, extra_callbacks=()):
+    """Trains ``recipe`` into its run directory, resuming from its last checkpoint if any;
+    returns a ``multiseg.trainer.TrainResult`` (model, run_dir, metrics, epochs_run). See
+    ``multiseg.trainer.train``."""
+    from multiseg.trainer import train as run
 
-    checkpoint_dir = os.path.join(run_dir, "checkpoints")
-    initial_epoch, initial_step = 0, 0
-    found = state.checkpoint  # what check_run_dir found; None after --fresh emptied the run
-    if found is not None:
-        initial_epoch, initial_step, path = found
-        model.optimizer.build(model.trainable_variables)
-        model.load_weights(path)
-        restore_rng_state(model, checkpoint_dir, path)
-        if verbose and initial_epoch >= recipe.train.epochs:
-            print(f"all {initial_epoch} epochs are trained ({path}); writing the run's records"
-                  " from it", flush=True)
-        elif verbose:
-            at = f"epoch {initial_epoch}" + (f", step {initial_step}" if initial_step else "")
-            print(f"resuming from {path} ({at})", flush=True)
-
-    weights = {name: h.loss_weight for name, h in recipe.heads.items()}
-    spatial = [n for n, h in recipe.heads.items() if HEAD_KINDS[h.kind].spatial]
-    tensorboard = TensorBoardLogs(os.path.join(run_dir, "logs"), recipe.heads, weights,
-                                  preview=_preview(data, spatial) if spatial else None)
-    checkpoint = AtomicCheckpoint(checkpoint_dir)
-    nonfinite = NonFiniteGuard(recipe.heads, checkpoint, mode=recipe.train.on_nonfinite,
-                               max_skipped=recipe.train.max_skipped_steps)
-    interrupt = InterruptGuard(checkpoint)
-    callbacks = [HeadLogs(weights), tensorboard, nonfinite, interrupt, checkpoint,
-                 *precise_bn_callbacks(recipe, data),
-                 *gradflow_callbacks(recipe, data, os.path.join(run_dir, "logs")),
-                 *extra_callbacks]
-    if data.report is not None:
-        _record_data_report(data.report, run_dir, tensorboard)
-    validation = data.val.dataset()
-    started = time.time()
-    history = None
-    epochs = recipe.train.epochs
-    resumed_from = initial_epoch
-    try:
-        steps = len(data.train)
-        if initial_step and initial_epoch < epochs:
-            # Finish the epoch that an interrupt cut short, from the step after the checkpoint.
-            interrupt.epoch, interrupt.start_step = initial_epoch, initial_step
-            start = initial_epoch * steps + initial_step
-            history = model.fit(data.train.dataset(start, (initial_epoch + 1) * steps),
-                                steps_per_epoch=steps - initial_step, shuffle=False,
-                                validation_data=validation, epochs=initial_epoch + 1,
-                                initial_epoch=initial_epoch, callbacks=callbacks,
-                                verbose=verbose)
-            initial_epoch += 1
-        if initial_epoch < epochs and not (interrupt.requested or nonfinite.failure):
-            interrupt.start_step = 0
-            history = model.fit(data.train.dataset(initial_epoch * steps, epochs * steps),
-                                steps_per_epoch=steps, shuffle=False, validation_data=validation,
-                                epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks,
-                                verbose=verbose)
-    finally:
-        tensorboard.close()
-    elapsed = time.time() - started
-    if nonfinite.failure:
-        raise NonFiniteLoss(nonfinite.failure)
-    if interrupt.requested:
-        raise TrainingInterrupted(
-            f"interrupted: checkpoint saved to {interrupt.saved_path}; run the same command to"
-            " resume from there")
-
-    metrics_path = os.path.join(run_dir, "metrics.json")
-    train_logs = {}
-    if history is not None and history.history:
-        train_logs = {k: v[-1] for k, v in history.history.items() if not k.startswith("val_")}
-        train_logs.update(weighted_losses(train_logs, weights))
-    val_logs = model.evaluate(validation, verbose=0, return_dict=True)
-    val_logs.update(weighted_losses(val_logs, weights))
-    # The epochs this model has had (a callback may stop a run early), never the asked number.
-    done = (latest_checkpoint(checkpoint_dir) or (initial_epoch,))[0]
-    metrics = {
-        "recipe": recipe.name,
-        "epochs": done,
-        "seconds": round(elapsed, 2) if train_logs else None,
-        "train": nest_logs(train_logs, recipe.heads),
-        "val": nest_logs(val_logs, recipe.heads),
-    }
-    mode_check = check_inference_mode(recipe, model, data)
-    if mode_check is not None:
-        metrics["inference_check"] = mode_check
-        if mode_check["warning"]:
-            print(mode_check["warning"], file=sys.stderr, flush=True)
-    previous = read_json(metrics_path)
-    if not train_logs and previous.get("epochs") == done:
-        # Nothing trained here (the model was lost after the last checkpoint): keep the
-        # figures that the training itself recorded.
-        metrics["train"], metrics["seconds"] = previous.get("train", {}), previous.get("seconds")
-    # metrics.json last: with the checkpoint, it marks the run complete (check_run_dir).
-    save_model_atomic(model, os.path.join(run_dir, "model.keras"))
-    write_json_atomic(metrics_path, metrics)
-    if verbose:
-        print(format_metrics(metrics["val"], "validation"), flush=True)
-        print(f"run directory: {run_dir} (tensorboard --logdir {os.path.join(run_dir, 'logs')})",
-              flush=True)
-    return TrainResult(model=model, run_dir=run_dir, metrics=metrics,
-                       epochs_run=done - resumed_from)
-
-
-def _record_data_report(report, run_dir: str, tensorboard: TensorBoardLogs) -> None:
-    text = report.text()
-    with open(os.path.join(run_dir, "data_report.txt"), "w", encoding="utf-8") as handle:
-        handle.write(text + "\n")
-    # Markdown: indented lines keep the report's layout in TensorBoard's text tab.
-    tensorboard.writer("train").text("data/report", "\n".join("    " + line for line in
-                                                               text.splitlines()), 0)
-
-
-def precise_bn_callbacks(recipe, data) -> list:
-    """Population statistics recomputed before each validation (``train.precise_bn``)."""
-    if recipe.model.norm != "batch" or not recipe.train.precise_bn:
-        return []
-    return [PreciseBatchNorm(lambda step: data.train.global_batch(step)[0],
-                             steps_per_epoch=len(data.train), count=recipe.train.precise_bn)]
-
-
-def check_inference_mode(recipe, model: keras.Model, data, batches: int = 4) -> dict | None:
-    """Validation metrics in inference mode against training mode on a few batches; a
-    warning when they differ by more than ``MODE_GAP_MARGIN``. None when the two modes compute
-    the same thing (no batch normalisation, no dropout)."""
-    if not has_mode_dependent_layers(model):
-        return None
-    # Full batches only (unless there is one batch): one traced shape per mode.
-    full = len(data.val) - (len(data.val) > 1 and data.val.count % data.val.batch_size != 0)
-    count = min(batches, full)
-
-    def metrics():
-        built = head_metrics(recipe, head_losses(recipe))
-        return {head: [m for m in ms if not isinstance(m, LossTerm)]
-                for head, ms in built.items()}
-
-    gaps = mode_gap(model, (data.val[i] for i in range(count)), metrics)
-    warning = mode_gap_warning(gaps, norm=recipe.model.norm,
-                               norm_momentum=recipe.model.norm_momentum,
-                               precise_bn=recipe.train.precise_bn,
-                               dropout=recipe.model.dropout, batches=count)
-    return {"batches": count, "margin": MODE_GAP_MARGIN,
-            "metrics": {head: {g.metric: {"inference": round(g.inference, 4),
-                                          "training": round(g.training, 4)}
-                               for g in gaps if g.head == head} for head in recipe.heads},
-            "warning": warning}
-
-
-def gradflow_callbacks(recipe, data, logdir: str) -> list:
-    """Per-head gradient snapshots into TensorBoard every ``train.gradflow.every`` steps."""
-    if not recipe.train.gradflow.every:
-        return []
-    return [GradflowLogger.from_recipe(recipe, data=data, logdir=logdir)]
-
-
-def _check_first_batch(recipe, data) -> None:
-    """Catches target/head mismatches (encoding, label range) before any training step.
-
-    Raises:
-        DataError: naming the head's target (``heads.<name>.target``) and what is wrong.
-    """
-    _, targets = data.train[0]
-    for name, head in recipe.heads.items():
-        where = f"heads.{name}.target"
-        try:
-            check_targets(np.asarray(targets[name]), classes=head.classes, where=where)
-        except ValueError as exc:
-            raise DataError(where, str(exc).removeprefix(f"{where}: ")) from None
+    return run(recipe, fresh=fresh, verbose=verbose, recipe_path=recipe_path,
+               extra_callbacks=extra_callbacks)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,9 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help="run directory (default: the recipe's output)")
     parser.add_argument("--fresh", action="store_true",
                         help="delete an existing run in the output directory and start over")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress display: only the final figures and the run directory")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show the backend's start-up messages (TensorFlow, CUDA)")
     args = parser.parse_args(argv)
     try:
+        recipe_lib.load(args.recipe, args.overrides, build=False)  # before Keras starts
+        import_keras(verbose=args.verbose)
         recipe = recipe_lib.load(args.recipe, args.overrides)
         if args.output:
             recipe = dataclasses.replace(recipe, output=args.output)

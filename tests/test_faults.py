@@ -51,7 +51,7 @@ DRIVER = textwrap.dedent('''
             return real_replace(src, dst)
         os.replace = replace
 
-    import multiseg.train as train_module
+    import multiseg.trainer as train_module
     real = train_module.gradflow_callbacks
     if fault in ("kill", "interrupt"):
         train_module.gradflow_callbacks = lambda *a: [*real(*a), Fault()]

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from multiseg.data import DataError
 from multiseg.data.patches import tile_starts
-from multiseg.predict import main, predict, predict_logits
+from multiseg.predict import fit_channels, main, predict, predict_logits
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +38,21 @@ def test_outputs_match_the_model(trained_tiny, images, tmp_path):
     pixels = np.asarray(Image.open(images / "a.png"), np.float32) / 255.0  # intensity: dtype
     expected = {k: np.asarray(v)[0] for k, v in model.predict_on_batch(pixels[None]).items()}
 
-    labels = np.asarray(Image.open(out / "a.mask.png"))
-    assert labels.shape == (40, 52) and labels.dtype == np.uint8
+    written = Image.open(out / "a.mask.png")
+    labels = np.asarray(written)
+    assert written.mode == "P" and labels.shape == (40, 52) and labels.dtype == np.uint8
     np.testing.assert_array_equal(labels, np.argmax(expected["mask"], axis=-1))
-    edges = np.asarray(Image.open(out / "a.boundary.png"))
-    np.testing.assert_array_equal(edges, np.where(expected["boundary"][..., 0] >= 0, 255, 0))
+    # A viewer sees the class colours: background black, each class its own colour.
+    colours = np.asarray(written.convert("RGB")).reshape(-1, 3)
+    by_class = {int(c): tuple(colours[labels.ravel() == c][0]) for c in np.unique(labels)}
+    assert by_class.get(0, (0, 0, 0)) == (0, 0, 0)
+    assert len(set(by_class.values())) == len(by_class)
+    edges = Image.open(out / "a.boundary.png")
+    assert edges.mode == "P"
+    np.testing.assert_array_equal(np.asarray(edges),
+                                  np.where(expected["boundary"][..., 0] >= 0, 1, 0))
+    on = np.asarray(edges.convert("RGB"))[np.asarray(edges) == 1]
+    assert (on == 255).all()  # the boundary drawn white on black
 
     saved = json.loads((out / "predictions.json").read_text())
     shape = saved["images"]["a"]["shape"]
@@ -90,14 +101,35 @@ def test_tiling_averages_window_logits(trained_tiny):
     np.testing.assert_allclose(tiled["shape"], (top["shape"] + low["shape"]) / 2, atol=1e-5)
 
 
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_grey_images_are_converted_for_a_colour_model(trained_tiny, tmp_path, checkpoint):
+    grey = tmp_path / "grey.png"
+    values = np.random.default_rng(2).integers(0, 256, (32, 32), dtype=np.uint8)
+    Image.fromarray(values).save(grey)
+    out = tmp_path / "o"
+    report = predict(trained_tiny.run_dir, [str(grey)], str(out), checkpoint=checkpoint)
+    assert report["images"]["grey"]["converted"] == "grey -> RGB"
+    rgb = np.repeat(values[..., None], 3, axis=-1).astype(np.float32) / 255.0
+    expected = trained_tiny.model.predict_on_batch(rgb[None])["mask"][0]
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "grey.mask.png")),
+                                  np.argmax(np.asarray(expected), axis=-1))
+
+
+def test_channels_are_fitted_to_the_model():
+    rgba = np.random.default_rng(3).random((4, 5, 4), dtype=np.float32)
+    grey, done = fit_channels("x.png", rgba, 1)
+    np.testing.assert_allclose(grey[..., 0], rgba[..., :3] @ [0.299, 0.587, 0.114], atol=1e-6)
+    assert done == "RGB -> grey"
+    assert fit_channels("x.png", rgba, 3)[1] == "RGBA -> RGB"
+    same, done = fit_channels("x.png", rgba[..., :3], 3)
+    assert done is None and same is not None
+    with pytest.raises(DataError, match="x.png: has 5 channel"):
+        fit_channels("x.png", np.zeros((2, 2, 5), np.float32), 3)
+
+
 def test_cli_errors_name_the_file(trained_tiny, tmp_path, capsys):
     grey = tmp_path / "grey.png"
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(grey)
-    assert main([trained_tiny.run_dir, str(grey), "--out", str(tmp_path / "o")]) == 2
-    assert "grey.png: has 1 channel(s)" in capsys.readouterr().err
-    assert main([trained_tiny.run_dir, str(grey), "--out", str(tmp_path / "o"),
-                 "--checkpoint"]) == 2
-    assert "grey.png: has 1 channel(s)" in capsys.readouterr().err
     assert main([trained_tiny.run_dir, str(tmp_path / "missing.png"), "--out",
                  str(tmp_path / "o")]) == 2
     assert "missing.png: no such file" in capsys.readouterr().err

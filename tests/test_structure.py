@@ -24,6 +24,8 @@ LAYERS = {
     "multiseg.headkinds": 0,
     "multiseg.options": 0,
     "multiseg.models.naming": 0,
+    "multiseg.catalog": 0,
+    "multiseg.colours": 0,
     # 1: families -- data, tensors, losses, metrics, models; they never read a recipe module
     "multiseg.data": 1,
     "multiseg.tensors": 1,
@@ -41,6 +43,8 @@ LAYERS = {
     "multiseg.callbacks": 3,
     "multiseg.runs": 3,
     "multiseg.gradflow": 3,
+    "multiseg.startup": 3,
+    "multiseg.trainer": 3,
     # 4: commands; they do not import each other
     "multiseg.train": 4,
     "multiseg.evaluate": 4,

@@ -351,7 +351,7 @@ class TestChecksBeforeWriting:
 
     def test_target_check_names_the_head(self, tiny_recipe):
         # A target the head cannot learn is a DataError (exit code 2) naming the head's target.
-        from multiseg.train import _check_first_batch
+        from multiseg.trainer import _check_first_batch
 
         class Data:
             images = np.zeros((2, 32, 32, 3), np.float32)
@@ -387,7 +387,7 @@ class TestChecksBeforeWriting:
         tiny_raw["data"]["train"] = 8
         train(from_dict(tiny_raw), verbose=0)
         tiny_raw["heads"]["mask"]["loss_weight"] = 0.3
-        import multiseg.train as train_module
+        import multiseg.trainer as train_module
 
         def no_data(*args, **kwargs):
             raise AssertionError("the data was read before the run directory was checked")

@@ -21,7 +21,6 @@ from multiseg.callbacks.guards import (
     InterruptGuard,
     NonFiniteGuard,
     NonFiniteLoss,
-    TrainingInterrupted,
     nonfinite_culprits,
 )
 from multiseg.callbacks.logs import (
@@ -33,6 +32,7 @@ from multiseg.callbacks.logs import (
     split_log_key,
     weighted_losses,
 )
+from multiseg.errors import TrainingInterrupted
 from multiseg.runs import latest_checkpoint
 
 __all__ = [

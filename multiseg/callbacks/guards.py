@@ -98,10 +98,6 @@ class NonFiniteGuard(keras.callbacks.Callback):
         self.model.stop_training = True
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training, after the current step was checkpointed."""
-
-
 class InterruptGuard(keras.callbacks.Callback):
     """First Ctrl-C (SIGINT): finish the current step, checkpoint it, stop. A second one
     interrupts at once."""

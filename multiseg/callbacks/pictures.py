@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-_PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
-                     [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230],
-                     [210, 245, 60]], dtype=np.float32) / 255
+from multiseg.colours import CLASS_COLOURS
+
+_PALETTE = CLASS_COLOURS.astype(np.float32) / 255
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:

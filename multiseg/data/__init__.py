@@ -12,13 +12,22 @@ from dataclasses import asdict, dataclass
 
 from multiseg.data.errors import DataError
 from multiseg.data.patches import RandomCrops, Stacked, Tiles, make_sets
-from multiseg.data.pipeline import Batches, HeadTarget, StepRange, stream_steps
+from multiseg.data.pipeline import Batches, HeadTarget
 from multiseg.data.report import DataReport, class_frequencies, emit, rare_class_warnings
 from multiseg.data.sources import SOURCES, TargetInfo, generate, is_synthetic, source_targets
 from multiseg.headkinds import HEAD_KINDS
 
 __all__ = ["Batches", "Data", "DataError", "DataReport", "HeadTarget", "StepRange",
            "TargetInfo", "build_data", "head_targets", "stream_steps"]
+
+
+def __getattr__(name: str):
+    # The feeds import Keras; reading and checking data does not need them.
+    if name in ("StepRange", "stream_steps"):
+        from multiseg.data import feeds
+
+        return getattr(feeds, name)
+    raise AttributeError(f"module 'multiseg.data' has no attribute '{name}'")
 
 
 @dataclass

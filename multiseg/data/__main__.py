@@ -17,13 +17,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("recipe", help="recipe YAML file")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY.PATH=VALUE", help="override a recipe field (repeatable)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show the backend's start-up messages (TensorFlow, CUDA)")
     args = parser.parse_args(argv)
 
     from multiseg import recipe as recipe_lib
     from multiseg.data import build_data
     from multiseg.errors import UserError, report
+    from multiseg.startup import import_keras
 
     try:
+        recipe_lib.load(args.recipe, args.overrides, build=False)  # before Keras starts
+        import_keras(verbose=args.verbose)  # the whole recipe is checked: losses, metrics
         recipe = recipe_lib.load(args.recipe, args.overrides)
         data = build_data(recipe)
     except UserError as exc:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import ndimage
 
 # Augmentation options and their "off" values; the recipe's ``data.augment`` mirrors them.
 OPTIONS = {
@@ -129,6 +128,8 @@ def warp(array: np.ndarray, matrix: np.ndarray, offset: np.ndarray, *, order: in
         return np.stack([warp(array[..., c], matrix, offset, order=order)
                          for c in range(array.shape[-1])], axis=-1)
     output = array.dtype if order == 0 or np.issubdtype(array.dtype, np.floating) else np.float64
+    from scipy import ndimage  # here: reading a recipe needs this package, not scipy
+
     out = ndimage.affine_transform(array, matrix, offset, order=order, mode="reflect",
                                    output=output, prefilter=False)
     return out.astype(array.dtype, copy=False)

@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 # What a target may be derived from a mask as (a recipe's `derive:`), and the modes of each.
 DERIVATIONS = ("boundary", "label")
@@ -48,6 +47,8 @@ def boundary_map(mask: np.ndarray, *, width: int = 1, mode: str = "thick") -> np
     """
     if mode not in BOUNDARY_MODES:
         raise ValueError(f"boundary mode must be thick, inner, outer or touching, got '{mode}'")
+    from scipy import ndimage  # here: reading a recipe needs this module, not scipy
+
     high = _window_extreme(mask, width, ndimage.maximum_filter)
     if mode == "touching":
         # Another foreground label nearby: a larger one (max) or a smaller non-zero one (min

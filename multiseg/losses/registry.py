@@ -7,26 +7,17 @@ from typing import Any
 
 import keras
 
+from multiseg.catalog import LOSS_CLASSES, check_channels, resolve
+from multiseg.catalog import loss_options as catalog_loss_options
 from multiseg.losses.combined import CombinedLoss
-from multiseg.losses.pixel import Crossentropy, Focal, WeightedCrossentropy
-from multiseg.losses.region import Dice, FocalTversky, GeneralizedDice, Jaccard, Tversky
-from multiseg.options import OptionError, check_options, show
-from multiseg.tensors import check_number, keyword_options, lookup
+from multiseg.options import check_options
+from multiseg.tensors import check_number, lookup
 
-LOSSES: dict[str, type] = {
-    "dice": Dice,
-    "jaccard": Jaccard,
-    "iou": Jaccard,
-    "generalized_dice": GeneralizedDice,
-    "tversky": Tversky,
-    "focal_tversky": FocalTversky,
-    "focal": Focal,
-    "crossentropy": Crossentropy,
-    "weighted_crossentropy": WeightedCrossentropy,
-}
+__all__ = ["LOSSES", "build", "check_channels", "loss_options"]
 
-# Constructor arguments that are not recipe options.
-_NOT_OPTIONS = ("from_logits", "name", "reduction", "dtype")
+# The names, their classes and options are declared in ``multiseg.catalog`` (Keras-free,
+# so that recipes are checked before Keras starts).
+LOSSES: dict[str, type] = {name: resolve(entry) for name, entry in LOSS_CLASSES.items()}
 
 
 def loss_options(name: str) -> dict[str, object]:
@@ -41,43 +32,8 @@ def loss_options(name: str) -> dict[str, object]:
         >>> loss_options("tversky")["alpha"]
         0.3
     """
-    return keyword_options(lookup(name, LOSSES, "loss"), _NOT_OPTIONS)
-
-
-def check_channels(name: str, options: Mapping[str, Any], *, classes: int,
-                   multilabel: bool = False) -> None:
-    """Per-channel options of loss ``name`` must fit a head of ``classes`` output channels
-    (independent sigmoids when ``multilabel``). The loss itself can only tell at the first
-    training step, deep inside Keras; the recipe reader asks here at load time.
-
-    Raises:
-        multiseg.options.OptionError: naming the option (``class_weights``, ``alpha``) or
-            ``name`` for a loss that does not fit the head at all.
-    """
-    sigmoid = classes == 1 or multilabel
-    weights = options.get("class_weights")
-    if isinstance(weights, (list, tuple)):
-        # crossentropy on one sigmoid channel weighs [background, foreground].
-        want = 2 if name == "crossentropy" and classes == 1 else classes
-        if len(weights) != want:
-            raise OptionError("class_weights", f"has {len(weights)} entries; this head has"
-                              f" {classes} output channel{'s' if classes > 1 else ''}:"
-                              f" give {want}" + (" ([background, foreground])"
-                                                 if classes == 1 and want == 2 else ""))
-    alpha = options.get("alpha") if name == "focal" else None
-    if isinstance(alpha, (list, tuple)) and classes == 1:
-        raise OptionError("alpha", "a binary head takes one number: the weight of positives"
-                          f" (negatives get 1 - alpha), got {show(alpha)}")
-    if isinstance(alpha, (list, tuple)) and len(alpha) != classes:
-        raise OptionError("alpha", f"has {len(alpha)} entries; this head has {classes}"
-                          " classes: give one weight per class")
-    if isinstance(alpha, (int, float)) and not sigmoid:
-        raise OptionError("alpha", f"one number is ambiguous for a {classes}-class softmax"
-                          f" head: give one weight per class, e.g. {[alpha] * classes}")
-    if name == "weighted_crossentropy" and not sigmoid:
-        raise OptionError("name", f"weighted_crossentropy is a per-channel sigmoid loss; this"
-                          f" head has {classes} softmax classes: use crossentropy with"
-                          " class_weights (a presence target makes a head multilabel)")
+    lookup(name, LOSSES, "loss")
+    return catalog_loss_options(name)
 
 
 def _build_term(entry: Any, from_logits: bool | None) -> tuple[str, float, keras.losses.Loss]:

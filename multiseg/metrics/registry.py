@@ -7,30 +7,20 @@ from typing import Any
 
 import keras
 
+from multiseg.catalog import METRIC_CLASSES, resolve
+from multiseg.catalog import metric_options as catalog_metric_options
 from multiseg.headkinds import HEAD_DECIDED_OPTIONS
-from multiseg.metrics.accuracy import Accuracy, TopKAccuracy
-from multiseg.metrics.boundary import BoundaryF1
-from multiseg.metrics.confusion import DiceScore, IoUScore, Precision, Recall
 from multiseg.options import check_options
 from multiseg.tensors import keyword_options, lookup
 
-METRICS: dict[str, type] = {
-    "dice": DiceScore,
-    "iou": IoUScore,
-    "jaccard": IoUScore,
-    "accuracy": Accuracy,
-    "top_k_accuracy": TopKAccuracy,
-    "precision": Precision,
-    "recall": Recall,
-    "boundary_f1": BoundaryF1,
-}
+# The names, their classes and options are declared in ``multiseg.catalog`` (Keras-free,
+# so that recipes are checked before Keras starts).
+METRICS: dict[str, type] = {name: resolve(entry) for name, entry in METRIC_CLASSES.items()}
 
 # Constructor arguments that the head decides, never the recipe, and why.
 _HEAD_DECIDED = {"classes": "its output channels",
                  "from_logits": HEAD_DECIDED_OPTIONS["from_logits"],
                  "outlines": HEAD_DECIDED_OPTIONS["outlines"]}
-# Constructor arguments that are not recipe options.
-_NOT_OPTIONS = (*_HEAD_DECIDED, "name", "dtype")
 
 
 def metric_options(name: str) -> dict[str, object]:
@@ -43,7 +33,8 @@ def metric_options(name: str) -> dict[str, object]:
         >>> metric_options("boundary_f1")["tolerance"]
         2
     """
-    return keyword_options(lookup(name, METRICS, "metric"), _NOT_OPTIONS)
+    lookup(name, METRICS, "metric")
+    return catalog_metric_options(name)
 
 
 def build_metric(entry: Any, *, classes: int, from_logits: bool,

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from multiseg.options import show, suggest, type_name
-from multiseg.recipe.reader import RecipeError, key_text, output_problem
+from multiseg.recipe.reader import BUILD_CHECKS, RecipeError, key_text, output_problem
 from multiseg.recipe.sections import from_dict
 from multiseg.recipe.spec import Recipe
 
@@ -151,8 +151,23 @@ def _refuse_duplicate_keys(root: yaml.Node, file: str) -> None:
         todo.extend(reversed(children))
 
 
-def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Loads, overrides and validates a recipe file."""
+def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (), *,
+         build: bool = True) -> Recipe:
+    """Loads, overrides and validates a recipe file.
+
+    Args:
+        build: also build every loss and metric and try the model's activation, so that bad
+            option values fail here (imports Keras). False checks everything else without
+            Keras: the commands read a recipe so first, then again before training.
+    """
+    token = BUILD_CHECKS.set(build)
+    try:
+        return _load(path, overrides)
+    finally:
+        BUILD_CHECKS.reset(token)
+
+
+def _load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...]) -> Recipe:
     raw = load_raw(path)
     if raw is None:
         raise RecipeError(os.fspath(path), "the recipe file is empty")

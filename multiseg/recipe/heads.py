@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
+from multiseg.catalog import (
+    LOSS_CLASSES,
+    METRIC_CLASSES,
+    check_channels,
+    loss_options,
+    metric_options,
+)
 from multiseg.data.targets import (
     BOUNDARY_MODES,
     DERIVATIONS,
@@ -22,11 +29,9 @@ from multiseg.data.targets import (
     target_kind,
 )
 from multiseg.headkinds import HEAD_DECIDED_OPTIONS, HEAD_KINDS, HeadKind
-from multiseg.losses import LOSSES, check_channels, loss_options
-from multiseg.losses import build as build_loss
-from multiseg.metrics import METRICS, build_metric, metric_options
 from multiseg.options import OptionError, check_options, show, suggest, type_name
 from multiseg.recipe.reader import (
+    BUILD_CHECKS,
     RecipeError,
     Section,
     at_most,
@@ -170,17 +175,17 @@ def _read_terms(raw: Any, path: str, head: HeadKind, multilabel: bool = False
                               f" ({show(entry)})")
         sec = Section(entry, where)
         name = sec.get("name", str)
-        if name not in LOSSES:
+        if name not in LOSS_CLASSES:
             raise RecipeError(sec.sub("name"), f"unknown loss {show(name)}"
-                              f"{suggest(name, list(LOSSES))}. Expected one of: "
-                              f"{', '.join(LOSSES)}")
+                              f"{suggest(name, list(LOSS_CLASSES))}. Expected one of: "
+                              f"{', '.join(LOSS_CLASSES)}")
         allowed = loss_options(name)
         options = _read_options(sec, allowed, f"loss '{name}'", ("name", "weight"))
         weight = sec.get("weight", float, 1.0, every(non_negative, at_most(1e6)))
         sec.finish()
         _refuse_single_label(name, allowed, "loss", where, multilabel)
         decided = _decided(head, multilabel, allowed)
-        _try_build(where, options, build_loss, {"name": name, **options, **decided},
+        _try_build(where, options, "loss", {"name": name, **options, **decided},
                    from_logits=head.from_logits)
         terms.append(LossTermSpec(name=name, weight=weight, options=options))
     if all(t.weight == 0 for t in terms):
@@ -220,12 +225,18 @@ def _decided(head: HeadKind, multilabel: bool, allowed: Mapping[str, Any]) -> di
     return {key: value for key, value in decided.items() if key in allowed}
 
 
-def _try_build(path: str, options: Mapping[str, Any], make: Callable[..., Any], *args: Any,
+def _try_build(path: str, options: Mapping[str, Any], what: str, *args: Any,
                **kwargs: Any) -> None:
-    """Builds a loss or metric now (``make(*args, **kwargs)``) so that bad option values fail
-    at load time."""
+    """Builds a loss or metric now (``build(*args, **kwargs)``) so that bad option values fail
+    at load time; skipped when reading without Keras (``BUILD_CHECKS``)."""
+    if not BUILD_CHECKS.get():
+        return
+    if what == "loss":
+        from multiseg.losses import build
+    else:
+        from multiseg.metrics import build_metric as build
     try:
-        make(*args, **kwargs)
+        build(*args, **kwargs)
     except (ValueError, TypeError) as exc:
         message = tidy(str(exc))
         # The loss or metric quotes the option at fault ("invalid `alpha`=..."): name its path.
@@ -253,10 +264,10 @@ def _read_metrics(raw: Any, path: str, head: HeadKind, classes: int, multilabel:
                               f" dice, ...}}, got {type_name(entry)} ({show(entry)})")
         sec = Section(entry, where)
         name = sec.get("name", str)
-        if name not in METRICS:
+        if name not in METRIC_CLASSES:
             raise RecipeError(sec.sub("name") if isinstance(raw[i], dict) else where,
-                              f"unknown metric {show(name)}{suggest(name, list(METRICS))}."
-                              f" Expected one of: {', '.join(METRICS)}")
+                              f"unknown metric {show(name)}{suggest(name, list(METRIC_CLASSES))}."
+                              f" Expected one of: {', '.join(METRIC_CLASSES)}")
         allowed = metric_options(name)
         options = _read_options(sec, allowed, f"metric '{name}'", ("name",))
         sec.finish()
@@ -266,7 +277,7 @@ def _read_metrics(raw: Any, path: str, head: HeadKind, classes: int, multilabel:
                               f" {classes} classes")
         _refuse_single_label(name, allowed, "metric", where, multilabel)
         decided = _decided(head, multilabel, allowed)
-        _try_build(where, options, build_metric, {"name": name, **options, **decided},
+        _try_build(where, options, "metric", {"name": name, **options, **decided},
                    classes=classes, from_logits=head.from_logits, outlines=head.outlines)
         label = options.get("class_id", "")
         if (name, label) in seen:

@@ -9,6 +9,7 @@ metric and source checks share.
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import os
 import re
@@ -19,6 +20,13 @@ from multiseg.errors import UserError
 from multiseg.options import OptionError, check_value, show, suggest, type_name
 
 Check = Callable[[Any], "str | None"]
+
+
+# Whether reading a recipe also builds its losses and metrics and tries its activation, so
+# that bad option values fail at load time. Those checks import Keras; the commands read a
+# recipe once without them (answering most mistakes before Keras starts), then with them.
+BUILD_CHECKS: contextvars.ContextVar[bool] = contextvars.ContextVar("build_checks",
+                                                                    default=True)
 
 
 class RecipeError(ValueError, UserError):

@@ -10,8 +10,6 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-import keras
-
 from multiseg.data.patches import PATCH_MODES
 from multiseg.data.sources import (
     SOURCES,
@@ -23,6 +21,7 @@ from multiseg.data.sources import (
 from multiseg.options import show, suggest, type_name
 from multiseg.recipe.heads import head_name_problem, read_head
 from multiseg.recipe.reader import (
+    BUILD_CHECKS,
     RecipeError,
     Section,
     at_most,
@@ -135,8 +134,10 @@ def _read_model(sec: Section) -> ModelSpec:
         dropout=sec.get("dropout", float, 0.0, below_one),
         upsample=sec.choice("upsample", UPSAMPLE_MODES, "transpose"),
     )
-    problem = _activation_problem(spec.activation)
+    problem = _activation_problem(spec.activation) if BUILD_CHECKS.get() else None
     if problem:
+        import keras
+
         names = [n for n in dir(keras.activations)
                  if not n.startswith("_") and not _activation_problem(n)]
         known = "such as relu, gelu, silu, elu, leaky_relu"
@@ -154,6 +155,8 @@ def _read_model(sec: Section) -> ModelSpec:
 def _activation_problem(name: str) -> str | None:
     """None for a keras activation that works element-wise, as the trunk's layers need; else
     'unknown', or why it does not fit (glu halves the channels, threshold takes arguments)."""
+    import keras
+
     try:
         function = keras.activations.get(name)
     except (ValueError, TypeError):
