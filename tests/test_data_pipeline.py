@@ -95,7 +95,7 @@ class TestSampleSets:
                                     seed=0)
         batch = train.take(np.array([0]))
         assert batch["image"].shape == (1, 32, 32, 2) and batch["mask"][0, 20:].sum() == 0
-        assert any("short.png is 20x32, smaller than" in n for n in notes)
+        assert "short.png: smaller than data.image_size [32, 32], padded" in " ".join(notes)
 
 
 def write_nuclei_like(root, count=3, size=48):
@@ -210,22 +210,32 @@ class TestPipeline:
 class TestReport:
     def test_frequencies(self, tmp_path):
         write_nuclei_like(tmp_path / "set")
-        data = build_data(from_dict(crops_recipe(tmp_path / "set", tmp_path)))
+        raw = crops_recipe(tmp_path / "set", tmp_path)
+        data = build_data(from_dict(raw))
         freq = {f.head: f for f in data.report.frequencies}
         assert freq["mask"].names == ("background", "object")
-        assert freq["crowded"].names == ("<3", ">=3") and freq["crowded"].samples == 20
-        # The shares of the 20 unaugmented epoch-0 training crops, counted here.
-        data.train.augment = None
-        targets = [data.train.batch(0, i)[1] for i in range(len(data.train))]
-        foreground = np.mean(np.concatenate([t["mask"].ravel() for t in targets]) > 0)
-        crowded = np.mean(np.concatenate([t["crowded"] for t in targets]) == 1)
+        assert freq["crowded"].names == ("<3", ">=3")
+        # Random crops: as many as an epoch draws (20), from the 3 training images.
+        assert (freq["crowded"].samples, freq["crowded"].total, freq["crowded"].crops) == \
+            (20, 3, True)
+        assert "in 20 random crops of the 3 training images:" in data.report.text()
+        assert not data.report.warnings
+        # Fixed tiles: the shares of every training tile, counted here from the items.
+        raw["data"]["patches"] = "tile"
+        data = build_data(from_dict(raw))
+        tiles = data.train.samples
+        h, w = tiles.size
+        windows = [tiles.items[k].masks["instances"][y : y + h, x : x + w]
+                   for k, y, x in tiles.regions]
+        foreground = np.mean([window > 0 for window in windows])
+        crowded = np.mean([len(np.unique(window[window > 0])) >= 3 for window in windows])
         assert 0 < foreground < 1 and 0 < crowded < 1  # both classes occur: shares can differ
+        freq = {f.head: f for f in data.report.frequencies}
+        assert (freq["mask"].samples, freq["mask"].total) == (len(windows), len(windows))
         np.testing.assert_allclose(freq["mask"].fractions, [1 - foreground, foreground],
                                    rtol=1e-9)
         np.testing.assert_allclose(freq["crowded"].fractions, [1 - crowded, crowded],
                                    rtol=1e-9)
-        assert "class frequencies" in data.report.text()
-        assert not data.report.warnings
 
     def test_rare_classes_warn_with_the_options_that_help(self, tmp_path, caplog):
         root = tmp_path / "rare"
@@ -274,7 +284,8 @@ class TestReport:
         path = tmp_path / "r.yaml"
         path.write_text(json.dumps(crops_recipe(tmp_path / "set", tmp_path)))
         assert data_cli.main([str(path)]) == 0
-        assert "20 train / 3 val samples of 24x24x1" in capsys.readouterr().out
+        assert "20 train / 3 val samples of 24 x 24 (height x width), 1 channel" in \
+            capsys.readouterr().out
         (tmp_path / "set" / "masks" / "f1.png").write_bytes(b"broken")
         assert data_cli.main([str(path)]) == 2
         assert "error: " in (err := capsys.readouterr().err) and "masks/f1.png" in err
@@ -285,7 +296,7 @@ class TestNucleiRecipe:
         recipe = recipe_lib.load(NUCLEI)
         data = build_data(recipe)
         assert data.channels == 1 and data.report.images == (1, 1)
-        assert len(data.val.samples) == 4  # a quarter of the 16 tiles of 128x128
+        assert len(data.val.samples) == 4  # a quarter of the 16 tiles of 128 x 128
         item = data.train.samples.items[0]
         assert item.size == (512, 512)
         assert len(np.unique(item.masks["instances"])) == 126  # 125 nuclei and background

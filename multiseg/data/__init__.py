@@ -14,6 +14,7 @@ from multiseg.data.errors import DataError
 from multiseg.data.patches import RandomCrops, Stacked, Tiles, make_sets
 from multiseg.data.pipeline import Batches, HeadTarget
 from multiseg.data.report import DataReport, class_frequencies, emit, rare_class_warnings
+from multiseg.data.samples import hw
 from multiseg.data.sources import SOURCES, TargetInfo, generate, is_synthetic, source_targets
 from multiseg.headkinds import HEAD_KINDS
 
@@ -131,11 +132,19 @@ def build_data(recipe, *, frequencies: bool = True, log_report: bool = True) -> 
                   seed=recipe.seed, count=val_count)
     channels = _channels(train_set)
     if isinstance(train_set, RandomCrops):
-        notes.append(f"training samples are random {spec.image_size[0]}x{spec.image_size[1]}"
-                     f" crops, {train.count} per epoch; validation uses fixed tiles")
+        notes.append(f"training samples are random crops of {hw(spec.image_size)},"
+                     f" {train.count} per epoch; validation uses fixed tiles")
     elif isinstance(train_set, Tiles) and not is_synthetic(kind):
-        notes.append(f"training samples are {len(train_set)} tiles of"
-                     f" {spec.image_size[0]}x{spec.image_size[1]}")
+        drawn = f", {train.count} drawn per epoch" if train.count != len(train_set) else ""
+        notes.append(f"training samples are {len(train_set)} tiles of {hw(spec.image_size)}"
+                     f"{drawn}")
+    drawn = train.steps * batch_size
+    if recipe.train.steps_per_epoch and drawn != train.count:
+        notes.append(f"train.steps_per_epoch is {train.steps}: an epoch draws {train.steps} x"
+                     f" {batch_size} = {drawn}" + (f" of the {train.count} training samples"
+                                                   if drawn < train.count else
+                                                   f" samples, the {train.count} training"
+                                                   " samples repeated"))
     report = DataReport(source=where, train=train.count, val=val.count, size=spec.image_size,
                         channels=channels, images=images, notes=notes, skipped=skipped,
                         held_out_tiles=held_out)

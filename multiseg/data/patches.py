@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from multiseg.data.errors import DataError
-from multiseg.data.samples import Item, Loaded
+from multiseg.data.samples import Item, Loaded, hw
 
 PATCH_MODES = ("whole", "tile", "random")
 
@@ -154,8 +154,9 @@ def _pad(item: Item, size: tuple[int, int], notes: list[str]) -> Item:
     if h >= size[0] and w >= size[1]:
         return item
     pad = ((0, max(0, size[0] - h)), (0, max(0, size[1] - w)))
-    notes.append(f"{item.name} is {h}x{w}, smaller than data.image_size {list(size)}: padded"
-                 " with zeros (image) and background (masks) at the bottom and right")
+    # The file first and no size of its own: many small files make one note in the report.
+    notes.append(f"{item.name}: smaller than data.image_size {list(size)}, padded with zeros"
+                 " (image) and background (masks) at the bottom and right")
     return Item(item.name, np.pad(item.image, (*pad, (0, 0))),
                 {k: np.pad(v, pad) for k, v in item.masks.items()}, dict(item.labels))
 
@@ -216,7 +217,7 @@ def make_sets(loaded: Loaded, size: tuple[int, int], *, mode: str, overlap: int,
         else:
             train = RandomCrops(items, size, held)
         n_cells = sum((i.size[0] // h) * (i.size[1] // w) for i in items)
-        notes.append(f"held out {len(val)} of {n_cells} tiles of {h}x{w} for validation")
+        notes.append(f"held out {len(val)} of {n_cells} tiles of {hw(size)} for validation")
         return train, val, notes
     train_items = [_pad(item, size, notes) for item in loaded.train]
     val_items = [_pad(item, size, notes) for item in loaded.val]

@@ -7,31 +7,54 @@ Rare classes are the usual cause of "the model predicts only background": every 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from multiseg.data.patches import RandomCrops, Tiles
+from multiseg.data.samples import hw
 from multiseg.headkinds import HEAD_KINDS
 
 RARE = 0.01  # a mask class below this fraction of pixels gets a warning
+EXAMPLES = 3  # file names shown after "e.g." when many files share a note
+MAX_PIXELS = 2**25  # the class frequencies inspect at most this many pixels (about a second)
 log = logging.getLogger("multiseg.data")
+# What each head's shares are fractions of, by Frequency.kind.
+UNITS = {"mask": "of pixels", "label": "of samples",
+         "multilabel": "of samples containing the class"}
 
 
 @dataclass
 class Frequency:
     head: str
-    kind: str  # "mask" (fractions of pixels) or "label" (fractions of samples)
+    # "mask" (fractions of pixels), "label" (fractions of samples) or "multilabel" (fraction
+    # of samples where each class is present)
+    kind: str
     names: tuple[str, ...]
     fractions: tuple[float, ...]
     samples: int  # samples inspected
+    total: int = 0  # training samples they were drawn from (crops: training images)
+    crops: bool = False  # the samples are random crops of the ``total`` training images
+
+    @property
+    def inspected(self) -> str:
+        """What the shares were counted on, e.g. ``all 768 training samples``."""
+        if self.crops:
+            images = "the training image" if self.total == 1 else \
+                f"the {self.total} training images"
+            return f"{self.samples} random crops of {images}"
+        if self.samples == self.total:
+            return f"all {self.total} training samples"
+        return f"a random {self.samples} of the {self.total} training samples"
 
 
 @dataclass
 class DataReport:
     source: str  # e.g. "folder builtin:nuclei"
-    train: int  # samples per epoch
+    train: int  # training samples per epoch (train.steps_per_epoch may take fewer)
     val: int
-    size: tuple[int, int]
+    size: tuple[int, int]  # (height, width) of every sample
     channels: int
     images: tuple[int, int] = (0, 0)  # files or arrays read (train, val); 0 for synthetic
     held_out_tiles: bool = False  # split: tiles -- train and val come from the same images
@@ -41,35 +64,53 @@ class DataReport:
     warnings: list[str] = field(default_factory=list)
 
     def text(self, *, max_listed: int = 5) -> str:
-        """The report as printed at the start of training."""
+        """The report as printed at the start of training.
+
+        Args:
+            max_listed: skipped files listed by name (the rest are counted). Notes shared by
+                many files always name ``EXAMPLES`` of them.
+        """
+        return "\n".join([*self._summary(), *self._skipped(max_listed), *self._notes(),
+                          *self._frequencies(), *(f"warning: {w}" for w in self.warnings)])
+
+    def _summary(self) -> list[str]:
         read = ""
         if self.held_out_tiles:
-            read = f", from {self.images[0]} image(s) with tiles held out for validation"
+            images = f"{self.images[0]} image{'s' if self.images[0] != 1 else ''}"
+            read = f", from {images} with tiles held out for validation"
         elif any(self.images):
             read = f", from {self.images[0]} train / {self.images[1]} val images"
-        lines = [f"data: {self.source}: {self.train} train / {self.val} val samples of"
-                 f" {self.size[0]}x{self.size[1]}x{self.channels}{read}"]
-        if self.skipped:
-            lines.append(f"skipped {len(self.skipped)} bad file(s) (bad_files: skip):")
-            lines += [f"  {path}: {why}" for path, why in self.skipped[:max_listed]]
-            if len(self.skipped) > max_listed:
-                lines.append(f"  ... and {len(self.skipped) - max_listed} more")
-        for note in _grouped(self.notes, max_listed):
-            lines.append(f"note: {note}")
-        if self.frequencies:
-            lines.append("class frequencies of the training targets (before augmentation):")
-            for f in self.frequencies:
-                unit = "pixels" if f.kind == "mask" else f"of {f.samples} samples"
-                shares = ", ".join(f"{n} {100 * v:.1f}%" for n, v in
-                                   zip(f.names, f.fractions, strict=True))
-                lines.append(f"  {f.head}: {shares}" + (f" ({unit})" if f.kind != "mask"
-                                                         else ""))
-        lines += [f"warning: {w}" for w in self.warnings]
-        return "\n".join(lines)
+        channels = f"{self.channels} channel{'s' if self.channels != 1 else ''}"
+        return [f"data: {self.source}: {self.train} train / {self.val} val samples of"
+                f" {hw(self.size)}, {channels}{read}"]
+
+    def _skipped(self, max_listed: int) -> list[str]:
+        if not self.skipped:
+            return []
+        lines = [f"skipped {len(self.skipped)} bad file(s) (bad_files: skip):"]
+        lines += [f"  {path}: {why}" for path, why in self.skipped[:max_listed]]
+        if len(self.skipped) > max_listed:
+            lines.append(f"  ... and {len(self.skipped) - max_listed} more")
+        return lines
+
+    def _notes(self) -> list[str]:
+        return [f"note: {note}" for note in _grouped(self.notes)]
+
+    def _frequencies(self) -> list[str]:
+        if not self.frequencies:
+            return []
+        lines = ["class frequencies of the training targets (before augmentation), in"
+                 f" {self.frequencies[0].inspected}:"]
+        for f in self.frequencies:
+            shares = ", ".join(f"{n} {100 * v:.1f}%" for n, v in
+                               zip(f.names, f.fractions, strict=True))
+            lines.append(f"  {f.head}: {shares} ({UNITS[f.kind]})")
+        return lines
 
 
-def _grouped(notes: list[str], limit: int) -> list[str]:
-    """Many files with the same note ("binary 0/255 mask read as 0/1") make one line."""
+def _grouped(notes: list[str]) -> list[str]:
+    """Many files with the same note ("binary 0/255 mask read as 0/1") make one line that
+    counts them and names ``EXAMPLES`` of them."""
     by_text: dict[str, list[str]] = {}
     for note in notes:
         where, _, text = note.partition(": ")
@@ -79,47 +120,73 @@ def _grouped(notes: list[str], limit: int) -> list[str]:
     for text, wheres in by_text.items():
         wheres = [w for w in wheres if w]
         if len(wheres) > 1:
-            lines.append(f"{text}: {len(wheres)} files, e.g. {', '.join(wheres[:limit])}")
+            folder = os.path.dirname(wheres[0])
+            if folder and all(os.path.dirname(w) == folder for w in wheres):
+                names, where = [os.path.basename(w) for w in wheres], f" in {folder}"
+            else:
+                names, where = wheres, ""
+            more = ", ..." if len(names) > EXAMPLES else ""
+            lines.append(f"{text}: {len(names)} files{where}, e.g."
+                         f" {', '.join(names[:EXAMPLES])}{more}")
         else:
             lines.append(f"{wheres[0]}: {text}" if wheres else text)
     return lines
 
 
 def class_frequencies(batches, kinds: dict[str, str], names: dict[str, tuple[str, ...]], *,
-                      max_samples: int = 512) -> list[Frequency]:
-    """Class shares of every head's target over the first training batches, unaugmented.
+                      max_pixels: int = MAX_PIXELS) -> list[Frequency]:
+    """Class shares of every head's target over the training set, unaugmented.
+
+    Every training sample is inspected when the set holds at most ``max_pixels`` pixels, else a
+    seeded random subset of that many pixels' worth (so a set sorted by class is not judged by
+    its first class). Random crops are drawn afresh every epoch: as many are inspected as an
+    epoch draws, up to the same limit. ``train.steps_per_epoch`` does not change what is
+    inspected.
 
     Args:
         batches: the training ``Batches``.
         kinds: per head, ``mask`` (shares of pixels), ``label`` (shares of samples) or
             ``multilabel`` (share of samples where each class is present).
         names: class names of each head's target, in index order.
-        max_samples: samples inspected at most.
+        max_pixels: pixels inspected at most (at least one sample is).
     """
-    augment, batches.augment = batches.augment, None
+    samples = batches.samples
+    crops = isinstance(samples, RandomCrops)
+    height, width = (samples.size if isinstance(samples, (RandomCrops, Tiles)) else
+                     samples.arrays["image"].shape[1:3])
+    limit = max(1, max_pixels // (height * width))
+    rng = np.random.default_rng([batches.seed, 3])
+    total = len(samples)  # training samples; of random crops, the training images
+    if crops:
+        count = min(batches.count, limit)  # an epoch draws batches.count crops
+        passes = -(-count // total)
+        picked = np.concatenate([rng.permutation(total) for _ in range(passes)])[:count]
+    else:
+        count = min(total, limit)
+        picked = (np.arange(total) if count == total else
+                  np.sort(rng.choice(total, count, replace=False)))
     counts: dict[str, np.ndarray] = {h: np.zeros(len(names[h])) for h in kinds}
-    seen = 0
-    try:
-        for index in range(len(batches)):
-            _, targets = batches.batch(0, index)
-            for head, target in targets.items():
+    step = max(1, batches.batch_size)
+    for start in range(0, count, step):
+        arrays = samples.take(picked[start : start + step],
+                              np.random.default_rng([batches.seed, 3, start]))
+        for target in batches.head_targets:
+            head = target.head
+            if head not in kinds:
+                continue
+            values = target.make(arrays)
+            if kinds[head] == "multilabel":
+                counts[head] += values.reshape(len(values), -1).sum(axis=0)
+            else:
                 classes = len(names[head])
-                if kinds[head] == "multilabel":
-                    counts[head] += target.reshape(len(target), -1).sum(axis=0)
-                else:
-                    found = np.bincount(target.astype(np.int64).ravel(), minlength=classes)
-                    counts[head] += found[:classes]
-            seen += len(next(iter(targets.values())))
-            if seen >= max_samples:
-                break
-    finally:
-        batches.augment = augment
+                found = np.bincount(values.astype(np.int64).ravel(), minlength=classes)
+                counts[head] += found[:classes]
     result = []
     for head, kind in kinds.items():
-        total = counts[head]
-        denom = seen if kind == "multilabel" else max(float(total.sum()), 1.0)
-        result.append(Frequency(head, "mask" if kind == "mask" else "label", names[head],
-                                tuple((total / denom).tolist()), seen))
+        found = counts[head]
+        denom = count if kind == "multilabel" else max(float(found.sum()), 1.0)
+        result.append(Frequency(head, kind, names[head], tuple((found / denom).tolist()),
+                                count, total, crops))
     return result
 
 
@@ -140,18 +207,19 @@ def rare_class_warnings(frequencies: list[Frequency], heads) -> list[str]:
                     f"heads.{f.head}.target: class '{name}' is {100 * share:.2f}% of the pixels"
                     f" (< {100 * RARE:g}%): a model can score well by never predicting it."
                     f" Options that help: {helps}")
-            elif f.kind == "label" and share == 0:
-                warnings.append(f"heads.{f.head}.target: class '{name}' never occurs in the"
-                                f" {f.samples} training samples inspected; check the labels"
-                                " (or the bins of a derived label)")
+            elif f.kind != "mask" and share == 0:
+                warnings.append(f"heads.{f.head}.target: class '{name}' never occurs in"
+                                f" {f.inspected}; check the labels (or the bins of a derived"
+                                " label)")
     return warnings
 
 
-def emit(report: DataReport) -> None:
-    """Logs the report: the summary at INFO, skipped files and rare classes as warnings."""
-    log.info("%s", report.text())
+def emit(report: DataReport, *, max_listed: int = 5) -> None:
+    """Logs the report, each part once: the counts, notes and class frequencies at INFO, the
+    skipped files and every rare-class warning as warnings (which reach stderr even when
+    logging is not set up). A caller that prints ``report.text()`` does not call this."""
+    log.info("%s", "\n".join([*report._summary(), *report._notes(), *report._frequencies()]))
     if report.skipped:
-        log.warning("skipped %d bad file(s): %s", len(report.skipped),
-                    "; ".join(f"{p}: {w}" for p, w in report.skipped[:5]))
+        log.warning("%s", "\n".join(report._skipped(max_listed)))
     for warning in report.warnings:
         log.warning("%s", warning)

@@ -41,3 +41,8 @@ class Loaded:
     where: str = ""  # the folder or file the data came from
     notes: list[str] = field(default_factory=list)  # normalisations and conversions done
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) skipped
+
+
+def hw(size: tuple[int, int]) -> str:
+    """A size as messages and the data report write it: ``64 x 48 (height x width)``."""
+    return f"{size[0]} x {size[1]} (height x width)"
