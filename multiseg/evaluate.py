@@ -11,7 +11,7 @@ import json
 import sys
 
 from multiseg.errors import UserError, report
-from multiseg.runs import format_metrics, run_recipe
+from multiseg.runs import EVALUATED_ABOUT, FIGURES_ABOUT, format_metrics, run_recipe
 from multiseg.startup import import_keras
 
 
@@ -49,7 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(report(exc), file=sys.stderr)
         return exc.exit_code
-    print(format_metrics(figures, f"{args.split} ({args.run_dir})"))
+    model = "latest checkpoint" if args.checkpoint else "final model"
+    print(format_metrics(figures, f"{args.split} ({args.run_dir}): "
+                         + EVALUATED_ABOUT.format(model=model, split=args.split)))
+    if args.split == "train":
+        print(f"(metrics.json's train figures differ: they are {FIGURES_ABOUT['train']})")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(figures, handle, indent=2)

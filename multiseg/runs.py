@@ -26,6 +26,15 @@ from multiseg.errors import UserError
 if TYPE_CHECKING:
     import keras
 
+# What the figures of metrics.json are, in metrics.json itself and in what evaluate prints:
+# the two ways of measuring a split give different numbers, and users compare them.
+FIGURES_ABOUT = {
+    "train": "running means over the steps of the last epoch, in training mode (dropout on,"
+             " batch statistics) while the weights changed",
+    "val": "one pass of the final model over the validation set, in inference mode",
+}
+EVALUATED_ABOUT = "one pass of the {model} over the {split} set, in inference mode"
+
 CHECKPOINT_PATTERN = re.compile(r"^epoch-(\d+)(?:-step-(\d+))?\.weights\.h5$")
 
 

@@ -44,6 +44,7 @@ from multiseg.losses import check_targets
 from multiseg.metrics import LossTerm
 from multiseg.models.build import build_model, compile_model, head_losses, head_metrics
 from multiseg.runs import (
+    FIGURES_ABOUT,
     check_run_dir,
     describe,
     epochs_text,
@@ -188,6 +189,7 @@ def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
         "seconds": round(elapsed, 2) if train_logs else None,
         "train": nest_logs(train_logs, recipe.heads),
         "val": nest_logs(val_logs, recipe.heads),
+        "about": FIGURES_ABOUT,
     }
     mode_check = check_inference_mode(recipe, model, data)
     if mode_check is not None:

@@ -175,8 +175,6 @@ class TestOnce:
         assert skipped[0].levelname == "WARNING"  # reaches stderr without logging set up
         assert "data: folder" in logged and "class frequencies" in logged
 
-    @pytest.mark.xfail(strict=True, reason="data/__main__.py prints the report and lets"
-                       " build_data log it too; it needs build_data(recipe, log_report=False)")
     def test_cli(self, raw, tmp_path, capsys, caplog):
         path = tmp_path / "r.yaml"
         path.write_text(json.dumps(raw))

@@ -448,7 +448,23 @@ class TestEvaluate:
         from_checkpoint = evaluate(trained_tiny.run_dir, checkpoint=True)
         assert from_checkpoint["mask"]["dice"] == pytest.approx(saved["mask"]["dice"], rel=1e-5)
         assert evaluate_main([trained_tiny.run_dir]) == 0
-        assert "mask: " in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "mask: " in out and "one pass of the final model over the val set" in out
+
+    def test_says_what_each_train_figure_is(self, trained_tiny, capsys):
+        from multiseg.evaluate import main as evaluate_main
+        from multiseg.runs import FIGURES_ABOUT
+
+        with open(os.path.join(trained_tiny.run_dir, "metrics.json")) as handle:
+            saved = json.load(handle)
+        # metrics.json says what its figures are, and evaluate says why its own differ.
+        assert saved["about"] == FIGURES_ABOUT
+        assert "training mode" in saved["about"]["train"]
+        assert "inference mode" in saved["about"]["val"]
+        assert evaluate_main([trained_tiny.run_dir, "--split", "train"]) == 0
+        out = capsys.readouterr().out
+        assert "one pass of the final model over the train set, in inference mode" in out
+        assert "metrics.json's train figures differ" in out
 
     def test_not_a_run(self, tmp_path, capsys):
         from multiseg.evaluate import main as evaluate_main

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         recipe_lib.load(args.recipe, args.overrides, build=False)  # before Keras starts
         import_keras(verbose=args.verbose)  # the whole recipe is checked: losses, metrics
         recipe = recipe_lib.load(args.recipe, args.overrides)
-        data = build_data(recipe)
+        data = build_data(recipe, log_report=False)  # printed below, once
     except UserError as exc:
         print(report(exc), file=sys.stderr)
         return exc.exit_code
