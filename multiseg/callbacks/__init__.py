@@ -32,6 +32,7 @@ from multiseg.callbacks.logs import (
     split_log_key,
     weighted_losses,
 )
+from multiseg.callbacks.progress import Progress as Progress  # explicit re-export
 from multiseg.errors import TrainingInterrupted
 from multiseg.runs import latest_checkpoint
 
