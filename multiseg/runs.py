@@ -334,8 +334,14 @@ def describe(recipe, model: keras.Model, data, recipe_path: str | None = None) -
 
 
 def format_metrics(nested: dict, title: str) -> str:
-    """Nested figures (``metrics.json``'s ``val``) as the lines the commands print."""
+    """Nested figures (``metrics.json``'s ``val``) as the lines the commands print: per head its
+    loss and weighted loss, then its metrics, then its loss terms."""
+    def order(name: str) -> tuple[int, str]:
+        rank = {"loss": 0, "weighted_loss": 1}.get(name, 3 if name.endswith("_term") else 2)
+        return rank, name
+
     lines = [f"{title}:"]
     for group, values in nested.items():
-        lines.append(f"  {group}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+        lines.append(f"  {group}: " + ", ".join(f"{k} {values[k]:.4f}"
+                                                for k in sorted(values, key=order)))
     return "\n".join(lines)

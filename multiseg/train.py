@@ -52,8 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         recipe = recipe_lib.load(args.recipe, args.overrides)
         if args.output:
             recipe = dataclasses.replace(recipe, output=args.output)
-        train(recipe, fresh=args.fresh, verbose=0 if args.quiet else "auto",
-              recipe_path=args.recipe)
+        result = train(recipe, fresh=args.fresh, verbose=0 if args.quiet else 1,
+                       recipe_path=args.recipe)
+        if args.quiet:
+            from multiseg.trainer import final_summary
+
+            print(final_summary(result.metrics, result.run_dir), flush=True)
     except UserError as exc:
         print(report(exc), file=sys.stderr)
         return exc.exit_code

@@ -30,6 +30,7 @@ from multiseg.callbacks import (
     InterruptGuard,
     NonFiniteGuard,
     NonFiniteLoss,
+    Progress,
     TensorBoardLogs,
     nest_logs,
     restore_rng_state,
@@ -97,7 +98,10 @@ def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
           recipe_path: str | None = None, extra_callbacks=()) -> TrainResult:
     """Trains ``recipe`` into its run directory, resuming from its last checkpoint if any.
     Everything that can be refused (the run directory, the data, the first batch's targets)
-    is checked before the directory is written or, with ``fresh``, emptied."""
+    is checked before the directory is written or, with ``fresh``, emptied.
+
+    ``verbose``: any true value prints the start-up summary, the compact progress display
+    (``multiseg.callbacks.Progress``) and the final figures; 0 prints nothing."""
     state = check_run_dir(recipe, fresh=fresh)
     if state.complete:
         return _finished_run(recipe, verbose)
@@ -135,7 +139,10 @@ def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
     nonfinite = NonFiniteGuard(recipe.heads, checkpoint, mode=recipe.train.on_nonfinite,
                                max_skipped=recipe.train.max_skipped_steps)
     interrupt = InterruptGuard(checkpoint)
-    callbacks = [HeadLogs(weights), tensorboard, nonfinite, interrupt, checkpoint,
+    progress = Progress(weights, main_metrics(recipe), epochs=recipe.train.epochs,
+                        steps_per_epoch=steps) if verbose else None
+    callbacks = [HeadLogs(weights), *([progress] if progress else []), tensorboard, nonfinite,
+                 interrupt, checkpoint,
                  *precise_bn_callbacks(recipe, data),
                  *gradflow_callbacks(recipe, data, os.path.join(run_dir, "logs")),
                  *extra_callbacks]
@@ -147,23 +154,24 @@ def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
     epochs = recipe.train.epochs
     resumed_from = initial_epoch
     try:
-        steps = len(data.train)
         if initial_step and initial_epoch < epochs:
             # Finish the epoch that an interrupt cut short, from the step after the checkpoint.
             interrupt.epoch, interrupt.start_step = initial_epoch, initial_step
+            if progress:
+                progress.start_step = initial_step
             start = initial_epoch * steps + initial_step
             history = model.fit(data.train.dataset(start, (initial_epoch + 1) * steps),
                                 steps_per_epoch=steps - initial_step, shuffle=False,
                                 validation_data=validation, epochs=initial_epoch + 1,
                                 initial_epoch=initial_epoch, callbacks=callbacks,
-                                verbose=verbose)
+                                verbose=0)
             initial_epoch += 1
         if initial_epoch < epochs and not (interrupt.requested or nonfinite.failure):
             interrupt.start_step = 0
             history = model.fit(data.train.dataset(initial_epoch * steps, epochs * steps),
                                 steps_per_epoch=steps, shuffle=False, validation_data=validation,
                                 epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks,
-                                verbose=verbose)
+                                verbose=0)
     finally:
         tensorboard.close()
     elapsed = time.time() - started
@@ -205,11 +213,29 @@ def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
     save_model_atomic(model, os.path.join(run_dir, "model.keras"))
     write_json_atomic(metrics_path, metrics)
     if verbose:
-        print(format_metrics(metrics["val"], "validation"), flush=True)
-        print(f"run directory: {run_dir} (tensorboard --logdir {os.path.join(run_dir, 'logs')})",
-              flush=True)
+        print(final_summary(metrics, run_dir), flush=True)
     return TrainResult(model=model, run_dir=run_dir, metrics=metrics,
                        epochs_run=done - resumed_from)
+
+
+def main_metrics(recipe) -> dict[str, str | None]:
+    """Each head's first metric, as Keras logs it after ``<head>_`` (the progress display's
+    metric column)."""
+    found = {}
+    for name, head in recipe.heads.items():
+        metric = head.metrics[0] if head.metrics else None
+        class_id = metric.options.get("class_id") if metric else None
+        found[name] = (None if metric is None else metric.name if class_id is None
+                       else f"{metric.name}_class{class_id}")
+    return found
+
+
+def final_summary(metrics: dict, run_dir: str) -> str:
+    """What a finished run prints (``--quiet`` too): the final model's validation figures
+    per head, then where the run is."""
+    return "\n".join([
+        format_metrics(metrics["val"], f"validation ({FIGURES_ABOUT['val']})"),
+        f"run directory: {run_dir} (tensorboard --logdir {os.path.join(run_dir, 'logs')})"])
 
 
 def _record_data_report(report, run_dir: str, tensorboard: TensorBoardLogs) -> None:

@@ -4,12 +4,17 @@ compact progress display with the real epochs, and ``--quiet`` prints only the a
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
+import yaml
+
+from tests.conftest import TINY_RAW
 
 BACKENDS = ("keras", "tensorflow", "jax", "torch")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,3 +107,76 @@ def test_keras_starts_quietly_unless_verbose():
     # --verbose lets TensorFlow's logging through when the user chose no level.
     loud = _python(code, "--verbose", env={"TF_CPP_MIN_LOG_LEVEL": None})
     assert loud.returncode == 0 and loud.stdout.strip() == "0"
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory):
+    """The tiny recipe trained through the command: 2 epochs, then resumed to 3, then asked
+    again with --quiet (complete: nothing to train)."""
+    folder = tmp_path_factory.mktemp("cli")
+    raw = copy.deepcopy(TINY_RAW)
+    raw["output"] = str(folder / "run")
+    recipe = folder / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
+    first = _command("multiseg.train", str(recipe), "--set", "train.epochs=2")
+    first.metrics = json.loads((folder / "run" / "metrics.json").read_text())
+    resumed = _command("multiseg.train", str(recipe), "--set", "train.epochs=3")
+    quiet = _command("multiseg.train", str(recipe), "--set", "train.epochs=3", "--quiet")
+    return first, resumed, quiet, raw["output"]
+
+
+def _tables(out: str) -> list[list[str]]:
+    """The epoch tables of the progress display: the rows under each "head" header."""
+    tables, rows = [], None
+    for line in out.splitlines():
+        if line.split()[:1] == ["head"]:
+            rows = []
+            tables.append(rows)
+        elif rows is not None and line.startswith("  "):
+            rows.append(line.split()[0])
+        else:
+            rows = None
+    return tables
+
+
+def test_training_output_is_compact_and_plain(cli_runs):
+    first, _, _, run_dir = cli_runs
+    assert first.returncode == 0, first.stderr
+    out = first.stdout
+    assert "\x1b" not in out and "\r" not in out  # not a terminal: plain lines
+    assert "epoch 1/2" in out and "epoch 2/2" in out
+    assert _tables(out) == [["mask", "boundary", "shape", "total"]] * 2
+    display = out[out.index("epoch 1/2"):out.index("validation (one pass")]
+    assert max(len(line) for line in display.splitlines()) < 100
+    # The final figures: the heads in the recipe's order, then the total, then the run.
+    final = out[out.index("validation (one pass of the final model"):].splitlines()
+    assert [line.split(":")[0].strip() for line in final[1:5]] == ["mask", "boundary",
+                                                                    "shape", "total"]
+    assert final[5] == f"run directory: {run_dir} (tensorboard --logdir {run_dir}/logs)"
+    assert f"loss {first.metrics['val']['mask']['loss']:.4f}," in final[1]
+
+
+def test_no_startup_notices_reach_the_user(cli_runs):
+    for run in cli_runs[:3]:
+        for line in run.stderr.splitlines():
+            assert not line[:5].rstrip().startswith(("I0000", "W0000", "E0000")), line
+            assert "absl::InitializeLog" not in line and "cuda" not in line.lower(), line
+
+
+def test_a_resumed_run_shows_the_real_epochs(cli_runs):
+    _, resumed, _, _ = cli_runs
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout
+    assert "epoch 3/3" in resumed.stdout
+    assert "epoch 1/" not in resumed.stdout and "epoch 2/" not in resumed.stdout
+    assert len(_tables(resumed.stdout)) == 1
+
+
+def test_quiet_prints_only_the_answer(cli_runs):
+    _, _, quiet, run_dir = cli_runs
+    assert quiet.returncode == 0, quiet.stderr
+    lines = quiet.stdout.splitlines()
+    assert lines[0].startswith("validation (one pass of the final model")
+    assert [line.split(":")[0].strip() for line in lines[1:5]] == ["mask", "boundary",
+                                                                    "shape", "total"]
+    assert lines[5:] == [f"run directory: {run_dir} (tensorboard --logdir {run_dir}/logs)"]
