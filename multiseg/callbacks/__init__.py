@@ -4,6 +4,7 @@
 - ``checkpoints``: atomic checkpoints and result files, the random generators' state;
 - ``guards``: non-finite losses named and stopped or skipped, Ctrl-C checkpointed first;
 - ``gradflow``: per-head gradient snapshots into TensorBoard (``GradflowLogger``);
+- ``progress``: the compact training display, a bar and one table per epoch (``Progress``);
 - ``pictures``: images, targets and predictions as RGB tiles for TensorBoard.
 """
 

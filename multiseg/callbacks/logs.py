@@ -71,7 +71,7 @@ def epoch_logs(logs: dict, loss_weights: dict[str, float], model: keras.Model) -
 
 class HeadLogs(keras.callbacks.Callback):
     """Adds each head's weighted loss (``w_i * L_i``) and the learning rate to the epoch's logs,
-    which the progress bar prints and the history (``metrics.json``) records."""
+    which the history (``metrics.json``) records."""
 
     def __init__(self, loss_weights: dict[str, float]):
         super().__init__()
