@@ -22,4 +22,24 @@ def load_model(path, *, compile: bool = True):
     import multiseg.metrics  # noqa: F401
     import multiseg.models.layers  # noqa: F401
 
-    return keras.saving.load_model(path, compile=compile, safe_mode=True)
+    if not (compile and _float16_layers(path)):
+        return keras.saving.load_model(path, compile=compile, safe_mode=True)
+    # The model object's own policy is not saved, only its layers': under the default float32
+    # one, compiling would drop the loss scaling that train.precision: mixed_float16 trained
+    # with (and skip the saved optimizer's state).
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        return keras.saving.load_model(path, compile=True, safe_mode=True)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _float16_layers(path) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return "mixed_float16" in archive.read("config.json").decode("utf-8")
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return False  # not a .keras archive: Keras's own error follows

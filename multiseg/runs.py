@@ -188,8 +188,11 @@ class RunState:
 
 def _comparable(recipe_dict: dict) -> dict:
     # Raising the epoch count and resuming is a normal way to train longer; check_run_dir
-    # judges the epochs against the run's checkpoint and learning-rate schedule.
-    train = {k: v for k, v in recipe_dict["train"].items() if k != "epochs"}
+    # judges the epochs against the run's checkpoint and learning-rate schedule. Compilation
+    # says how a step is computed, not what is trained. (Precision is part of the run: a
+    # float16 run's checkpoints hold the loss scale's state.)
+    train = {k: v for k, v in recipe_dict["train"].items()
+             if k not in ("epochs", "jit_compile")}
     return {**recipe_dict, "train": train, "output": None}
 
 
@@ -309,9 +312,11 @@ def describe(recipe, model: keras.Model, data, recipe_path: str | None = None) -
         + f" -> {recipe.output}",
         data.report.text() if data.report else
         f"data: {d.source.kind}, {data.train.count} train / {data.val.count} val samples of"
-        f" {d.image_size[0]}x{d.image_size[1]}x{data.channels}",
+        f" {d.image_size[0]} x {d.image_size[1]} (height x width), {data.channels} channels",
         f"training: batch {recipe.train.batch_size}, {len(data.train)} steps/epoch,"
-        f" {recipe.train.epochs} epochs",
+        f" {recipe.train.epochs} epochs, {recipe.train.precision}, XLA"
+        f" {'on' if model.jit_compile else 'off'}"
+        + (" (jit_compile: auto)" if recipe.train.jit_compile == "auto" else ""),
         f"trunk: unet {list(recipe.model.filters)}, norm {recipe.model.norm}, "
         f"{counts['shared']:,} params (shared)",
         "heads:",

@@ -7,6 +7,7 @@ on first use): it reads the recipe before Keras starts.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -79,6 +80,19 @@ def _finished_run(recipe, verbose) -> TrainResult:
     return TrainResult(model=model, run_dir=run_dir, metrics=metrics, epochs_run=0)
 
 
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    """Layers built inside compute in ``name`` (``mixed_bfloat16``: bfloat16 math, float32
+    variables); losses and metrics keep float32, their default. Restores the previous policy,
+    so that nothing built later (other models, tests) inherits it."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def _seed_everything(recipe) -> None:
     keras.utils.set_random_seed(recipe.seed)
     if recipe.train.deterministic and keras.backend.backend() == "tensorflow":
@@ -110,9 +124,12 @@ def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
     data = build_data(recipe, log_report=not verbose)
     _check_first_batch(recipe, data)
     run_dir = prepare_run_dir(recipe, fresh=fresh)
-    model = build_model(recipe, channels=data.channels)
+    with dtype_policy(recipe.train.precision):
+        model = build_model(recipe, channels=data.channels)
     steps = len(data.train)
     compile_model(model, recipe, total_steps=steps * recipe.train.epochs)
+    if recipe.train.jit_compile != "auto":  # auto: Keras's choice, as measured (docs)
+        model.jit_compile = recipe.train.jit_compile
     if verbose:
         print(describe(recipe, model, data, recipe_path), flush=True)
 

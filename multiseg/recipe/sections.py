@@ -53,6 +53,7 @@ NORMS = ("batch", "group", "instance", "none")
 UPSAMPLE_MODES = ("transpose", "resize")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 WEIGHTINGS = ("static",)
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 def _read_data(sec: Section) -> DataSpec:
@@ -208,8 +209,18 @@ def _read_train(sec: Section) -> TrainSpec:
         max_skipped_steps=sec.get("max_skipped_steps", int, 10, every(positive,
                                                                      at_most(1_000_000))),
         precise_bn=sec.get("precise_bn", int, 8, every(non_negative, at_most(100_000))),
+        precision=sec.choice("precision", PRECISIONS, "float32"),
+        jit_compile=_jit_compile(sec),
     )
     return spec
+
+
+def _jit_compile(sec: Section) -> bool | str:
+    value = sec.get("jit_compile", (bool, str), "auto")
+    if value not in (True, False, "auto"):
+        raise RecipeError(sec.sub("jit_compile"), f"expected auto, true or false, got"
+                          f" {show(value)}")
+    return value
 
 
 def from_dict(raw: Any, *, where: str = "") -> Recipe:

@@ -136,6 +136,12 @@ class TrainSpec:
     # model.norm: batch -- training batches over which the population statistics are
     # recomputed before each validation and before model.keras is saved; 0 turns it off.
     precise_bn: int = 8
+    # float32 | mixed_bfloat16 | mixed_float16: layers compute in the low dtype, variables,
+    # losses and metrics stay float32 (mixed_float16 adds loss scaling).
+    precision: str = "float32"
+    # auto | true | false: XLA compilation of the training step (auto: what is measured
+    # fastest on the backend and device, see multiseg.models.build.choose_jit_compile).
+    jit_compile: bool | str = "auto"
 
 
 @dataclass(frozen=True)
