@@ -137,7 +137,8 @@ def predict_logits(model: keras.Model, image: np.ndarray, *, tile: int | None = 
     """
     if tile is None or max(image.shape[:2]) <= tile:
         outputs = model.predict_on_batch(image[None])
-        return {name: np.asarray(value)[0] for name, value in outputs.items()}
+        # float32 whatever the model computes in (train.precision: mixed_*)
+        return {name: np.asarray(value, np.float32)[0] for name, value in outputs.items()}
     height, width = image.shape[:2]
     shared = tile - max(1, int(round(tile * (1 - overlap))))  # pixels neighbours share
     sums: dict[str, np.ndarray] = {}
@@ -150,7 +151,7 @@ def predict_logits(model: keras.Model, image: np.ndarray, *, tile: int | None = 
             h, w = window.shape[:2]
             counts[top : top + h, left : left + w] += 1
             for name, value in outputs.items():
-                value = np.asarray(value)[0]
+                value = np.asarray(value, np.float32)[0]
                 if value.ndim == 3:
                     total = sums.setdefault(name, np.zeros((height, width, value.shape[-1]),
                                                            np.float32))
