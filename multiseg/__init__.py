@@ -13,6 +13,9 @@ __version__ = "0.1.0"
 def load_model(path, *, compile: bool = True):
     """Loads a saved ``model.keras`` in Keras safe mode, with multiseg's custom objects known.
 
+    Files saved with the old layer names (``trunk.enc0.conv0``) load with today's
+    (``trunk-enc0-conv0``), on every backend: PyTorch refuses a ``.`` in a name.
+
     Plain ``keras.saving.load_model`` works too once ``multiseg.models``, ``multiseg.losses``
     and ``multiseg.metrics`` are imported: importing them registers their classes.
     """
@@ -21,18 +24,20 @@ def load_model(path, *, compile: bool = True):
     import multiseg.losses  # noqa: F401  (registers the loss classes)
     import multiseg.metrics  # noqa: F401
     import multiseg.models.layers  # noqa: F401
+    from multiseg.models.legacy import current_names
 
-    if not (compile and _float16_layers(path)):
-        return keras.saving.load_model(path, compile=compile, safe_mode=True)
-    # The model object's own policy is not saved, only its layers': under the default float32
-    # one, compiling would drop the loss scaling that train.precision: mixed_float16 trained
-    # with (and skip the saved optimizer's state).
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_float16")
-    try:
-        return keras.saving.load_model(path, compile=True, safe_mode=True)
-    finally:
-        keras.config.set_dtype_policy(previous)
+    with current_names(path) as path:
+        if not (compile and _float16_layers(path)):
+            return keras.saving.load_model(path, compile=compile, safe_mode=True)
+        # The model object's own policy is not saved, only its layers': under the default
+        # float32 one, compiling would drop the loss scaling that train.precision:
+        # mixed_float16 trained with (and skip the saved optimizer's state).
+        previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy("mixed_float16")
+        try:
+            return keras.saving.load_model(path, compile=True, safe_mode=True)
+        finally:
+            keras.config.set_dtype_policy(previous)
 
 
 def _float16_layers(path) -> bool:

@@ -21,7 +21,10 @@ on any backend. A head's gradient with respect to a variable it cannot reach is 
 backend reports "unconnected" or an exact 0.0); nothing here assumes it.
 
 The backend-specific part is one function per backend in ``_BACKENDS``, keyed on
-``keras.backend.backend()``; everything else is NumPy.
+``keras.backend.backend()`` (TensorFlow: a persistent tape in a ``tf.function``; JAX: one
+``vjp`` pulled back once per head, jitted; PyTorch: ``torch.autograd.grad`` once per head on
+the retained graph, eagerly); everything else is NumPy. The three agree to float32 rounding
+(``tests/test_backend_gradients.py``).
 """
 
 from __future__ import annotations
@@ -101,7 +104,31 @@ def _jax_probe(model: keras.Model, heads: tuple[str, ...], losses: Mapping):
     return probe
 
 
-_BACKENDS = {"tensorflow": _tensorflow_probe, "jax": _jax_probe}
+def _torch_probe(model: keras.Model, heads: tuple[str, ...], losses: Mapping):
+    import torch
+
+    def probe(images, targets):
+        # Leaves sharing the variables' storage: gradients are taken for them, and the
+        # variables themselves are never part of the graph.
+        trainable = [v.value.detach().requires_grad_(True) for v in model.trainable_variables]
+        non_trainable = [v.value.detach() for v in model.non_trainable_variables]
+        convert = keras.ops.convert_to_tensor  # on the backend's device
+        with torch.enable_grad():  # callbacks may run where fit turned it off
+            outputs, _ = model.stateless_call(trainable, non_trainable, convert(images),
+                                              training=True)
+            values = [losses[h](convert(targets[h]), outputs[h]) for h in heads]
+            # allow_unused: None for a variable the head's loss does not reach, as on TF.
+            grads = [torch.autograd.grad(value, trainable, retain_graph=i < len(heads) - 1,
+                                         allow_unused=True)
+                     for i, value in enumerate(values)]
+        return (np.array([float(v.detach().cpu()) for v in values], np.float32),
+                [[None if g is None else g.detach().cpu().numpy() for g in per]
+                 for per in grads])
+
+    return probe
+
+
+_BACKENDS = {"tensorflow": _tensorflow_probe, "jax": _jax_probe, "torch": _torch_probe}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -163,7 +163,7 @@ class TestNonFinite:
         tiny_raw["train"]["epochs"] = 3
         recipe = from_dict(tiny_raw)
         with pytest.raises(NonFiniteLoss) as info:
-            train(recipe, verbose=0, extra_callbacks=[_PoisonHead("mask.logits", 1, 1)])
+            train(recipe, verbose=0, extra_callbacks=[_PoisonHead("mask-logits", 1, 1)])
         message = str(info.value)
         assert "epoch 2, step 2 (global step 4)" in message
         assert "head 'mask' (term" in message and "crossentropy" in message
@@ -177,7 +177,7 @@ class TestNonFinite:
     def test_skip_restores_and_continues(self, tiny_raw):
         tiny_raw["train"].update(epochs=2, on_nonfinite="skip")
         recipe = from_dict(tiny_raw)
-        result = train(recipe, verbose=0, extra_callbacks=[_PoisonHead("mask.logits", 1, 0)])
+        result = train(recipe, verbose=0, extra_callbacks=[_PoisonHead("mask-logits", 1, 0)])
         assert result.epochs_run == 2
         assert all(np.isfinite(w).all() for w in result.model.get_weights())
         assert np.isfinite(result.metrics["val"]["total"]["loss"])
@@ -186,7 +186,7 @@ class TestNonFinite:
         tiny_raw["train"].update(epochs=2, on_nonfinite="skip", max_skipped_steps=1)
         with pytest.raises(NonFiniteLoss, match="1 steps in a row were skipped"):
             train(from_dict(tiny_raw), verbose=0,
-                  extra_callbacks=[_PoisonHead("mask.logits", 0, 1)])
+                  extra_callbacks=[_PoisonHead("mask-logits", 0, 1)])
 
     def test_culprits_from_logs(self):
         logs = {"loss": float("nan"), "mask_loss": 0.5, "mask_fine_loss": float("inf"),

@@ -108,7 +108,7 @@ class TestReportSchema:
 
     def test_layers_in_forward_order(self, report):
         order = [e["name"] for e in report["layers"]]
-        assert order[0] == "trunk.enc0.conv0"
+        assert order[0] == "trunk-enc0-conv0"
         position = {name: i for i, name in enumerate(order)}
         for a, b in report["graph"]["edges"]:
             if a in position and b in position:
@@ -120,7 +120,7 @@ class TestText:
         text = format_table(report)
         for entry in report["layers"]:
             assert entry["name"] in text
-        line = next(x for x in text.splitlines() if x.startswith("mask.logits "))
+        line = next(x for x in text.splitlines() if x.startswith("mask-logits "))
         # mask's own output layer: the other heads' gradient is printed as an exact 0.
         assert line.split()[-3:-1] == ["0", "0"]
         assert "mask|boundary" in text and "attach layers:" in text
@@ -189,7 +189,7 @@ class TestTool:
                               capture_output=True, text=True, cwd=REPO, timeout=300,
                               env={**os.environ, "PATH": path})
         assert proc.returncode == 0, proc.stderr
-        assert "trunk.enc0.conv0" in proc.stdout and "cosine" in proc.stdout
+        assert "trunk-enc0-conv0" in proc.stdout and "cosine" in proc.stdout
         files = sorted(os.listdir(out))
         assert files == sorted(["gradflow.json", "gradflow.txt", "gradflow_norms.png",
                                 "gradflow_norms.svg", "gradflow_network.png",
@@ -280,9 +280,9 @@ class TestGradflowLogger:
         measured = json.loads(lines[0])["cosine"]["mask|boundary"]
         assert measured is not None and value == pytest.approx(measured, rel=1e-6, abs=1e-7)
         # Histograms written with the TF-free writer are tensors of the histograms plugin.
-        assert "grad_mask/trunk.enc0.conv0" in tensors and "grad_shape/shape" in tensors
-        assert "grad_shape/trunk.dec0.conv0" not in tensors  # not reached: nothing to show
-        histogram = acc.Tensors("grad_mask/mask.logits")[0].tensor_proto
+        assert "grad_mask/trunk-enc0-conv0" in tensors and "grad_shape/shape" in tensors
+        assert "grad_shape/trunk-dec0-conv0" not in tensors  # not reached: nothing to show
+        histogram = acc.Tensors("grad_mask/mask-logits")[0].tensor_proto
         assert [d.size for d in histogram.tensor_shape.dim][1] == 3  # (buckets, [lo, hi, n])
         assert "table" in tensors
         assert acc.Tags()["images"] == ["charts/grad_norm"]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+import string
 
 import keras
 import numpy as np
 import pytest
 
-from multiseg.models import build_model, layer_owner, parameter_counts
+from multiseg.models import build_model, layer_owner, naming, parameter_counts
 from multiseg.models.layers import (
     CropToMatch,
     GradientScale,
@@ -65,14 +66,32 @@ class TestOutputs:
         assert tuple(out["shape_dec"].shape) == (1, 3)
 
 
+class TestDropout:
+    def test_seeded_from_the_recipe(self, tiny_raw):
+        # Unseeded, Keras's torch backend draws dropout masks from torch's global generator,
+        # which checkpoints do not hold: a resumed run would differ from an uninterrupted one.
+        def seeds(seed):
+            raw = copy.deepcopy(tiny_raw)
+            raw["seed"] = seed
+            raw["model"].update(filters=[4, 8, 8], dropout=0.2)
+            model = build_model(from_dict(raw), channels=3)
+            return [layer.seed for layer in model.layers
+                    if isinstance(layer, keras.layers.Dropout)]
+
+        first = seeds(1)
+        assert len(first) == 3 and len(set(first)) == 3  # bottleneck, dec2, dec1
+        assert all(isinstance(s, int) for s in first)
+        assert seeds(1) == first and seeds(2) != first
+
+
 class TestOwnership:
     def test_every_layer_is_shared_or_one_heads(self, tiny_recipe):
         model = build_model(tiny_recipe, channels=3)
         owners = {layer.name: layer_owner(layer.name, tiny_recipe.heads)
                   for layer in model.layers}
         assert set(owners.values()) == {"shared", "mask", "boundary", "shape"}
-        assert owners["mask.conv0"] == "mask"
-        assert owners["trunk.bottleneck.conv0"] == "shared"
+        assert owners["mask-conv0"] == "mask"
+        assert owners["trunk-bottleneck-conv0"] == "shared"
 
     def test_ownership_matches_graph(self, tiny_recipe):
         # Walking back from one head's output must reach only shared layers and its own.
@@ -101,7 +120,7 @@ class TestOwnership:
 
     def test_unknown_layer(self):
         with pytest.raises(ValueError, match="neither shared"):
-            layer_owner("stray.conv", ["mask"])
+            layer_owner("stray-conv", ["mask"])
 
     def test_parameter_counts_add_up(self, tiny_recipe):
         model = build_model(tiny_recipe, channels=3)
@@ -111,6 +130,66 @@ class TestOwnership:
         assert counts["boundary"] == 5
         # Shape head: Dense 16 -> 3 from the bottleneck (2 * 8 channels) = 16*3 + 3.
         assert counts["shape"] == 51
+
+
+class TestNaming:
+    # (layer name, owner): today's names, the old "." names of saved models, and heads whose
+    # names share a prefix with another head or with "trunk".
+    OWNERS = [
+        ("trunk-enc0-conv0", "shared"), ("trunk-dec1-up", "shared"), ("image", "shared"),
+        ("mask-conv0", "mask"), ("mask", "mask"), ("mask_b-logits", "mask_b"),
+        ("mask_b", "mask_b"), ("trunk_x-conv0", "trunk_x"), ("trunk_x", "trunk_x"),
+        ("trunk.enc0.conv0", "shared"), ("mask.grad_scale", "mask"), ("mask_b.pool", "mask_b"),
+    ]
+
+    @pytest.mark.parametrize("name,owner", OWNERS)
+    def test_owner(self, name, owner):
+        assert layer_owner(name, ["mask", "mask_b", "trunk_x"]) == owner
+
+    @pytest.mark.parametrize("name", ["trunk", "stray-conv", "conv0", "mask:conv0"])
+    def test_not_owned(self, name):
+        with pytest.raises(ValueError, match=f"layer '{name}' is neither shared"):
+            layer_owner(name, ("mask",))
+
+    def test_layer_name(self):
+        assert naming.layer_name("trunk", "enc0", "conv1") == "trunk-enc0-conv1"
+        assert naming.layer_name(naming.layer_name("mask"), "logits") == "mask-logits"
+        assert naming.current_name("trunk.dec2.norm0") == "trunk-dec2-norm0"
+        assert naming.current_name("mask_b-conv0") == "mask_b-conv0"
+
+    def test_no_head_name_holds_a_separator(self):
+        # The owner is what comes before the first separator: only if no head name can hold
+        # one (nor the old one) is that unambiguous. Every printable ASCII character inside a
+        # head name, as the recipe checks it.
+        from multiseg.recipe.heads import head_name_problem
+
+        allowed = {c for c in map(chr, range(32, 127)) if head_name_problem(f"a{c}b") is None}
+        assert naming.SEPARATOR not in allowed and naming.LEGACY_SEPARATOR not in allowed
+        assert allowed == set(string.ascii_letters + string.digits + "_")
+        assert head_name_problem(naming.TRUNK) is not None
+
+    @pytest.mark.parametrize("model_options,heads", [
+        ({}, {}),
+        ({"filters": [4, 8, 8], "dropout": 0.2, "upsample": "resize", "norm": "group"},
+         {"coarse": {"kind": "segmentation", "classes": 4, "target": "mask",
+                     "attach": "decoder.2", "branch": [4], "grad_scale": 0.5},
+          "shape": {"branch": [5], "grad_scale": 0.0}}),
+    ])
+    def test_names_and_paths_suit_every_backend(self, tiny_raw, model_options, heads):
+        # PyTorch refuses "." in parameter names, Keras "/" in layer names; every variable is
+        # registered under its path, <layer>/<variable>.
+        raw = copy.deepcopy(tiny_raw)
+        raw["model"].update(model_options)
+        for head, changes in heads.items():
+            raw["heads"][head] = {**raw["heads"].get(head, {}), **changes}
+        recipe = from_dict(raw)
+        model = build_model(recipe, channels=3)
+        for layer in model.layers:
+            assert "." not in layer.name and "/" not in layer.name, layer.name
+            owner = layer_owner(layer.name, recipe.heads)
+            assert layer.name in ("image", owner) or layer.name.startswith(
+                naming.layer_name("trunk" if owner == "shared" else owner, "")), layer.name
+        assert all("." not in v.path for v in model.variables)
 
 
 class TestLayers:
@@ -132,6 +211,16 @@ class TestLayers:
 
             y = layer(x)
             grad = jax.grad(lambda v: keras.ops.sum(layer(v) ** 2))(x)
+        elif keras.backend.backend() == "torch":
+            import torch
+
+            x_torch = torch.tensor(x, requires_grad=True)
+            y = layer(x_torch)
+            loss = torch.sum(y * y)
+            # scale 0: y is detached, the loss has no graph back to x (its gradient is 0).
+            grad = (torch.autograd.grad(loss, x_torch)[0] if loss.requires_grad
+                    else torch.zeros_like(x_torch))
+            y = y.detach()
         else:
             import tensorflow as tf
 
@@ -214,8 +303,8 @@ class TestClassificationPooling:
     CASES = [("decoder", (40, 48), (33, 41)), ("decoder.1", (20, 24), (17, 21)),
              ("decoder.2", (10, 12), (9, 11)), ("bottleneck", (5, 6), (5, 6))]
     # The trunk layer whose output each attach point is.
-    LAYERS = {"decoder": "trunk.dec0.act1", "decoder.1": "trunk.dec1.act1",
-              "decoder.2": "trunk.dec2.act1", "bottleneck": "trunk.bottleneck.act1"}
+    LAYERS = {"decoder": "trunk-dec0-act1", "decoder.1": "trunk-dec1-act1",
+              "decoder.2": "trunk-dec2-act1", "bottleneck": "trunk-bottleneck-act1"}
 
     @pytest.mark.parametrize("attach,cells,valid", CASES, ids=[c[0] for c in CASES])
     def test_logits_average_only_the_cells_over_the_image(self, tiny_raw, attach, cells,
@@ -236,7 +325,7 @@ class TestClassificationPooling:
     def test_image_size_multiple_of_the_padding_averages_everything(self, tiny_raw):
         model = _classification_model(tiny_raw, "decoder.1")
         probe = keras.Model(model.input, [model.get_layer(self.LAYERS["decoder.1"]).output,
-                                          model.get_layer("shape.pool").output])
+                                          model.get_layer("shape-pool").output])
         image = np.random.default_rng(2).random((1, 32, 40, 3)).astype(np.float32)
         features, pooled = (keras.ops.convert_to_numpy(t) for t in probe(image))
         np.testing.assert_allclose(pooled, features.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
@@ -246,7 +335,7 @@ class TestClassificationPooling:
         path = str(tmp_path / "model.keras")
         model.save(path)
         loaded = keras.models.load_model(path)
-        layer = loaded.get_layer("shape.pool")
+        layer = loaded.get_layer("shape-pool")
         assert isinstance(layer, ValidAveragePooling) and layer.multiple == 8
         image = np.random.default_rng(3).random((1, 33, 41, 3)).astype(np.float32)
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(image)["shape"]),

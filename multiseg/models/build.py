@@ -23,7 +23,7 @@ def build_model(recipe, *, channels: int) -> keras.Model:
     points = unet_trunk(image, filters=spec.filters, convs_per_level=spec.convs_per_level,
                         norm=spec.norm, groups=spec.groups, norm_momentum=spec.norm_momentum,
                         activation=spec.activation,
-                        dropout=spec.dropout, upsample=spec.upsample)
+                        dropout=spec.dropout, upsample=spec.upsample, seed=recipe.seed)
     outputs = {}
     for name, head in recipe.heads.items():
         scale = 2 ** int(head.attach.split(".")[1]) if "." in head.attach else 1

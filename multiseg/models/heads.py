@@ -1,9 +1,10 @@
 """Head builders: each builds a head's own branch and output from a trunk attach point.
 
 A head kind's record (``multiseg.headkinds.HEAD_KINDS``) names its builder here. Every layer a
-head creates is named ``<head>.<part>``, and its last layer is named exactly ``<head>``, so the
-model output, its target, loss, metrics and logs share one key. Heads output logits; losses and
-metrics are told so (``from_logits=True``) by the head, never by the user.
+head creates is named ``<head>-<part>`` (``multiseg.models.naming.layer_name``), and its last
+layer is named exactly ``<head>``, so the model output, its target, loss, metrics and logs
+share one key. Heads output logits; losses and metrics are told so (``from_logits=True``) by
+the head, never by the user.
 """
 
 from __future__ import annotations
@@ -11,31 +12,34 @@ from __future__ import annotations
 from keras import layers
 
 from multiseg.models.layers import CropToMatch, GradientScale, ValidAveragePooling
+from multiseg.models.naming import layer_name
 from multiseg.models.unet import norm_layer
 
 
 def _entry(features, *, name: str, grad_scale: float):
     if grad_scale != 1.0:
-        return GradientScale(grad_scale, name=f"{name}.grad_scale")(features)
+        return GradientScale(grad_scale, name=layer_name(name, "grad_scale"))(features)
     return features
 
 
 def _spatial_branch(x, *, name: str, branch: tuple[int, ...], norm: str, groups: int,
                     norm_momentum: float, activation: str):
     for i, f in enumerate(branch):
-        x = layers.Conv2D(f, 3, padding="same", use_bias=norm == "none", name=f"{name}.conv{i}")(x)
-        layer = norm_layer(norm, f, groups=groups, name=f"{name}.norm{i}", momentum=norm_momentum)
+        x = layers.Conv2D(f, 3, padding="same", use_bias=norm == "none",
+                          name=layer_name(name, f"conv{i}"))(x)
+        layer = norm_layer(norm, f, groups=groups, name=layer_name(name, f"norm{i}"),
+                           momentum=norm_momentum)
         if layer is not None:
             x = layer(x)
-        x = layers.Activation(activation, name=f"{name}.act{i}")(x)
+        x = layers.Activation(activation, name=layer_name(name, f"act{i}"))(x)
     return x
 
 
 def _spatial_output(x, image, *, name: str, channels: int, scale: int):
-    x = layers.Conv2D(channels, 1, name=f"{name}.logits")(x)
+    x = layers.Conv2D(channels, 1, name=layer_name(name, "logits"))(x)
     if scale > 1:
         # Deep supervision: logits of a coarse decoder level are resized to the image.
-        x = layers.UpSampling2D(scale, interpolation="bilinear", name=f"{name}.resize")(x)
+        x = layers.UpSampling2D(scale, interpolation="bilinear", name=layer_name(name, "resize"))(x)
     return CropToMatch(name=name)(x, image)
 
 
@@ -74,8 +78,8 @@ def classification_head(features, image, *, name: str, classes: int,
     """
     del scale, norm, groups, norm_momentum  # the pooling finds the stride; no norms after it
     x = _entry(features, name=name, grad_scale=grad_scale)
-    x = ValidAveragePooling(padding, name=f"{name}.pool")(x, image)
+    x = ValidAveragePooling(padding, name=layer_name(name, "pool"))(x, image)
     for i, units in enumerate(branch):
-        x = layers.Dense(units, activation=activation, name=f"{name}.dense{i}")(x)
+        x = layers.Dense(units, activation=activation, name=layer_name(name, f"dense{i}"))(x)
     return layers.Dense(classes, name=name)(x)
 
