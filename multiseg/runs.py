@@ -301,6 +301,13 @@ def prepare_run_dir(recipe, *, fresh: bool) -> str:
 # Describing a run.
 
 
+def _compiler() -> str:
+    # What jit_compile turns on: Keras compiles the step with torch.compile on PyTorch.
+    import keras
+
+    return "torch.compile" if keras.backend.backend() == "torch" else "XLA"
+
+
 def describe(recipe, model: keras.Model, data, recipe_path: str | None = None) -> str:
     """The start-up summary: data, trunk, and per head its target, loss terms and weights."""
     from multiseg.models.build import head_losses, loss_terms, parameter_counts
@@ -314,7 +321,7 @@ def describe(recipe, model: keras.Model, data, recipe_path: str | None = None) -
         f"data: {d.source.kind}, {data.train.count} train / {data.val.count} val samples of"
         f" {d.image_size[0]} x {d.image_size[1]} (height x width), {data.channels} channels",
         f"training: batch {recipe.train.batch_size}, {len(data.train)} steps/epoch,"
-        f" {recipe.train.epochs} epochs, {recipe.train.precision}, XLA"
+        f" {recipe.train.epochs} epochs, {recipe.train.precision}, {_compiler()}"
         f" {'on' if model.jit_compile else 'off'}"
         + (" (jit_compile: auto)" if recipe.train.jit_compile == "auto" else ""),
         f"trunk: unet {list(recipe.model.filters)}, norm {recipe.model.norm}, "
