@@ -125,6 +125,7 @@ def load_weights(model: keras.Model, recipe, run_dir: str, *, checkpoint: bool =
         WeightsMismatch: the saved weights do not fit ``model``.
     """
     from multiseg.models.build import compile_model
+    from multiseg.weighting.model import network
 
     model_path = os.path.join(run_dir, "model.keras")
     if checkpoint or not os.path.isfile(model_path):
@@ -139,7 +140,7 @@ def load_weights(model: keras.Model, recipe, run_dir: str, *, checkpoint: bool =
     else:
         # Same architecture, same layer names: the weights load into the fresh model.
         source = model_path
-        load = lambda: model.set_weights(  # noqa: E731
+        load = lambda: network(model).set_weights(  # noqa: E731
             load_model(model_path, compile=False).get_weights())
     try:
         # Keras warns about every layer it could not fill before it gives up on a mismatch:
@@ -189,10 +190,10 @@ class RunState:
 def _comparable(recipe_dict: dict) -> dict:
     # Raising the epoch count and resuming is a normal way to train longer; check_run_dir
     # judges the epochs against the run's checkpoint and learning-rate schedule. Compilation
-    # says how a step is computed, not what is trained. (Precision is part of the run: a
-    # float16 run's checkpoints hold the loss scale's state.)
+    # and distribution say how a step is computed, not what is trained. (Precision is part of
+    # the run: a float16 run's checkpoints hold the loss scale's state.)
     train = {k: v for k, v in recipe_dict["train"].items()
-             if k not in ("epochs", "jit_compile")}
+             if k not in ("epochs", "jit_compile", "distribute")}
     return {**recipe_dict, "train": train, "output": None}
 
 

@@ -47,8 +47,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="also show the backend's start-up messages (TensorFlow, CUDA)")
     args = parser.parse_args(argv)
     try:
-        recipe_lib.load(args.recipe, args.overrides, build=False)  # before Keras starts
+        light = recipe_lib.load(args.recipe, args.overrides, build=False)  # before Keras starts
         import_keras(verbose=args.verbose)
+        # Several processes join before the backend runs an operation (the full read runs some).
+        from multiseg.distribute.engines import start_processes
+
+        start_processes(light.train.distribute)
         recipe = recipe_lib.load(args.recipe, args.overrides)
         if args.output:
             recipe = dataclasses.replace(recipe, output=args.output)

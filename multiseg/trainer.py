@@ -40,6 +40,15 @@ from multiseg.callbacks import (
     write_json_atomic,
 )
 from multiseg.data import DataError, build_data
+from multiseg.distribute.engines import (
+    check_batches,
+    check_replicas,
+    distribution_callbacks,
+    distribution_scope,
+    is_chief,
+    replica_count,
+    worker_run,
+)
 from multiseg.errors import TrainingInterrupted
 from multiseg.headkinds import HEAD_KINDS
 from multiseg.losses import check_targets
@@ -55,6 +64,7 @@ from multiseg.runs import (
     prepare_run_dir,
     read_json,
 )
+from multiseg.weighting.model import inference_model
 
 
 @dataclass
@@ -104,6 +114,7 @@ def _seed_everything(recipe) -> None:
 def _preview(data, heads: list[str], count: int = 4) -> tuple:
     """A few validation images and their targets, drawn in TensorBoard each epoch."""
     images, targets = data.val[0]
+    count = -(-count // replica_count()) * replica_count()  # JAX shards it over every device
     return (np.asarray(images[:count]), {h: np.asarray(targets[h][:count]) for h in heads},
             heads)
 
@@ -115,7 +126,21 @@ def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
     is checked before the directory is written or, with ``fresh``, emptied.
 
     ``verbose``: any true value prints the start-up summary, the compact progress display
-    (``multiseg.callbacks.Progress``) and the final figures; 0 prints nothing."""
+    (``multiseg.callbacks.Progress``) and the final figures; 0 prints nothing.
+
+    Under ``train.distribute`` every process calls this; only the chief writes the run
+    directory and prints (``multiseg.distribute``)."""
+    with distribution_scope(recipe.train.distribute) as replicas, \
+            worker_run(recipe, fresh=fresh) as (own, own_fresh):
+        check_replicas(recipe, replicas)
+        return _train(own, fresh=own_fresh, verbose=verbose if is_chief() else 0,
+                      recipe_path=recipe_path,
+                      extra_callbacks=(*distribution_callbacks(recipe, replicas, verbose),
+                                       *extra_callbacks))
+
+
+def _train(recipe, *, fresh: bool, verbose: int | str, recipe_path: str | None,
+           extra_callbacks) -> TrainResult:
     state = check_run_dir(recipe, fresh=fresh)
     if state.complete:
         return _finished_run(recipe, verbose)
@@ -123,6 +148,7 @@ def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
     # When the summary is printed, the report is part of it; otherwise it goes to the log.
     data = build_data(recipe, log_report=not verbose)
     _check_first_batch(recipe, data)
+    check_batches(recipe, data)
     run_dir = prepare_run_dir(recipe, fresh=fresh)
     with dtype_policy(recipe.train.precision):
         model = build_model(recipe, channels=data.channels)
@@ -150,7 +176,9 @@ def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
 
     weights = {name: h.loss_weight for name, h in recipe.heads.items()}
     spatial = [n for n, h in recipe.heads.items() if HEAD_KINDS[h.kind].spatial]
+    # A non-static weighting's effective weights are read from the model as it trains.
     tensorboard = TensorBoardLogs(os.path.join(run_dir, "logs"), recipe.heads, weights,
+                                  weights_every=recipe.train.weighting.log_every,
                                   preview=_preview(data, spatial) if spatial else None)
     checkpoint = AtomicCheckpoint(checkpoint_dir)
     nonfinite = NonFiniteGuard(recipe.heads, checkpoint, mode=recipe.train.on_nonfinite,
@@ -227,7 +255,8 @@ def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
         # figures that the training itself recorded.
         metrics["train"], metrics["seconds"] = previous.get("train", {}), previous.get("seconds")
     # metrics.json last: with the checkpoint, it marks the run complete (check_run_dir).
-    save_model_atomic(model, os.path.join(run_dir, "model.keras"))
+    # A weighted model is saved as the plain functional one, its final weights as constants.
+    save_model_atomic(inference_model(model), os.path.join(run_dir, "model.keras"))
     write_json_atomic(metrics_path, metrics)
     if verbose:
         print(final_summary(metrics, run_dir), flush=True)

@@ -26,6 +26,8 @@ LAYERS = {
     "multiseg.models.naming": 0,
     "multiseg.catalog": 0,
     "multiseg.colours": 0,
+    "multiseg.distribute.choices": 0,  # train.distribute's options, asked by the recipe
+    "multiseg.weighting.choices": 0,  # train.weighting's methods, asked by the recipe
     # 1: families -- data, tensors, losses, metrics, models; they never read a recipe module
     "multiseg.data": 1,
     "multiseg.tensors": 1,
@@ -33,6 +35,7 @@ LAYERS = {
     "multiseg.metrics": 1,
     "multiseg.models": 1,
     "multiseg.tblog": 1,
+    "multiseg.weighting": 1,  # the methods' state, a layer of the model
     # 2: the recipe reader, which asks the families about their options
     "multiseg.recipe": 2,
     # 3: what training is made of
@@ -44,6 +47,7 @@ LAYERS = {
     "multiseg.runs": 3,
     "multiseg.gradflow": 3,
     "multiseg.startup": 3,
+    "multiseg.distribute": 3,  # the engines, started for a training run
     "multiseg.trainer": 3,
     # 4: commands; they do not import each other
     "multiseg.train": 4,

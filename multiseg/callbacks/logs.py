@@ -10,6 +10,7 @@ import numpy as np
 
 from multiseg.callbacks.pictures import colour_prediction, colour_target, to_rgb
 from multiseg.tblog import SummaryWriter
+from multiseg.weighting.model import current_weights
 
 
 def split_log_key(key: str, heads) -> tuple[str, str]:
@@ -52,13 +53,14 @@ def weighted_losses(logs: dict, loss_weights: dict[str, float]) -> dict[str, flo
     ``val_<head>_weighted_loss``), for the heads whose raw loss ``<head>_loss`` is in ``logs``.
 
     Keras logs each head's raw loss; with constant weights the mean of the weighted loss is
-    the weight times the mean raw loss, so it is exact.
+    the weight times the mean raw loss, so it is exact. A weighting method whose weights
+    change logs the exact mean itself: a weighted loss already in ``logs`` is kept.
     """
     found = {}
     for prefix in ("", "val_"):
         for head, weight in loss_weights.items():
             raw = logs.get(f"{prefix}{head}_loss")
-            if raw is not None:
+            if raw is not None and f"{prefix}{head}_weighted_loss" not in logs:
                 found[f"{prefix}{head}_weighted_loss"] = float(raw) * weight
     return found
 
@@ -95,12 +97,14 @@ class TensorBoardLogs(keras.callbacks.Callback):
     """
 
     def __init__(self, logdir: str, heads, loss_weights: dict[str, float], *,
-                 every_steps: int = 0, preview: tuple | None = None):
+                 every_steps: int = 0, weights_every: int = 0, preview: tuple | None = None):
         super().__init__()
         self.logdir = logdir
         self.heads = list(heads)
         self.loss_weights = dict(loss_weights)
         self.every_steps = every_steps
+        # A weighting method's weights (train.weighting): also every this many steps.
+        self.weights_every = weights_every
         self.preview = preview  # (images, targets, [spatial heads]) drawn each epoch
         self.writers: dict[str, SummaryWriter] = {}
         self.step = 0
@@ -115,6 +119,9 @@ class TensorBoardLogs(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1
+        if self.weights_every and self.step % self.weights_every == 0:
+            for head, weight in (current_weights(self.model) or {}).items():
+                self.writer("train").scalar(f"step/{head}/loss_weight", weight, self.step)
         if self.every_steps and logs and self.step % self.every_steps == 0:
             writer = self.writer("train")
             for key, value in logs.items():
@@ -131,7 +138,7 @@ class TensorBoardLogs(keras.callbacks.Callback):
             target = val if key.startswith("val_") else train
             group, name = split_log_key(key.removeprefix("val_"), self.heads)
             target.scalar(f"{group}/{name}", float(value), step)
-        for head, weight in self.loss_weights.items():
+        for head, weight in (current_weights(self.model) or self.loss_weights).items():
             train.scalar(f"{head}/loss_weight", weight, step)
         if self.preview is not None:
             self._write_preview(val, step)

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 
 from multiseg.callbacks.logs import current_learning_rate, nest_logs
+from multiseg.weighting.model import current_weights
 
 MAX_WIDTH = 99  # the longest line written: lines stay under 100 characters
 MIN_WIDTH = 40
@@ -116,8 +117,11 @@ def epoch_table(logs: Mapping, loss_weights: Mapping[str, float],
     for head in heads:
         losses = [_head_loss(run, head, loss_weights) for run in runs]
         weight = float(loss_weights[head])
+        # A weighting method logs its exact weighted loss; constant weights, weight * loss.
+        logged = [run.get(head, {}).get("weighted_loss") for run in runs]
         line = f"  {head:<{name_w}}" + numbers(*losses) + numbers(
-            *(None if loss is None else weight * loss for loss in losses))
+            *(w if w is not None else None if loss is None else weight * loss
+              for w, loss in zip(logged, losses, strict=True)))
         metric = chosen[head]
         if metric:
             line += f"  {metric:<{metric_w}}" + numbers(
@@ -357,6 +361,10 @@ class Progress(keras.callbacks.Callback):
         except (AttributeError, TypeError, ValueError):
             pass  # no optimizer, or a rate that is not a number
         lines = [" | ".join(head), *epoch_table(logs, self.heads, self.main_metrics)]
+        weights = current_weights(self.model) if self.model is not None else None
+        if weights is not None:  # a weighting method's weights, as the last step used them
+            lines.append("  loss weights: " + ", ".join(f"{h} {w:.4g}"
+                                                        for h, w in weights.items()))
         self._write("\n".join(lines) + "\n")
         self.start_step = 0
         self._epoch = None

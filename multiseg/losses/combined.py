@@ -70,7 +70,7 @@ class CombinedLoss(keras.losses.Loss):
 
         Args:
             trackers: term label to a running mean with ``link()`` (told that this loss
-                records its values, so it computes nothing itself) and ``record(value)``:
+                records its values, so it computes nothing itself) and ``record(value, samples)``:
                 ``multiseg.metrics.LossTerm``. They must be compiled with this loss, so that
                 their variables are the model's metric variables (on JAX the loss runs in a
                 stateless scope that maps them). Replaces any earlier trackers.
@@ -92,7 +92,7 @@ class CombinedLoss(keras.losses.Loss):
         for label, weight, loss in self.terms:
             value = ops.cast(loss(y_true, y_pred, sample_weight), "float32")
             if label in self._trackers:
-                self._trackers[label].record(value)
+                self._trackers[label].record(value, ops.shape(y_pred)[0])
             value = weight * value
             total = value if total is None else total + value
         return total

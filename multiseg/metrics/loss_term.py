@@ -5,6 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+from keras import ops
+
+# What Keras's compiled loss applies to its own per-output loss trackers: the same scale as the
+# reduction's (keras.src.losses.loss.scale_loss_for_distribution), so the two cannot disagree.
+from keras.src.losses.loss import unscale_loss_for_distribution
 
 from multiseg.tensors import PACKAGE, fail
 
@@ -13,8 +18,10 @@ from multiseg.tensors import PACKAGE, fail
 class LossTerm(keras.metrics.Mean):
     """Running mean of one loss term, to log each term of a head's loss on its own.
 
-    Formula: the mean over batches of ``loss(y_true, y_pred, sample_weight)`` (each batch's
-    reduced loss counts once).
+    Formula: the mean over batches of ``loss(y_true, y_pred, sample_weight)``, each batch's
+    reduced loss weighted by its number of samples, as Keras weighs its ``<head>_loss``. Under
+    a TensorFlow strategy each replica records its own batch's mean (Keras scales the reduced
+    loss by 1 / replicas; the scale is undone here), so the figure is the global batch's.
 
     Compiled with the head's ``CombinedLoss`` and linked to it (``CombinedLoss.record_terms``,
     done by ``multiseg.models.build.head_metrics``), the term is computed once per step, by the
@@ -45,13 +52,13 @@ class LossTerm(keras.metrics.Mean):
         """The loss that holds this term records its values (``record``): stop computing them."""
         self.linked = True
 
-    def record(self, value: Any) -> None:
-        """Adds one batch's value of the term, as computed by the loss."""
-        super().update_state(value)
+    def record(self, value: Any, samples: Any = 1) -> None:
+        """Adds one batch's value of the term, as computed by the loss, over ``samples``."""
+        super().update_state(unscale_loss_for_distribution(value), sample_weight=samples)
 
     def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
         if not self.linked:
-            super().update_state(self.loss(y_true, y_pred, sample_weight))
+            self.record(self.loss(y_true, y_pred, sample_weight), ops.shape(y_pred)[0])
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "loss": keras.saving.serialize_keras_object(self.loss)}

@@ -14,6 +14,7 @@ from multiseg.headkinds import HEAD_KINDS
 from multiseg.models import heads as heads_lib
 from multiseg.models.naming import layer_owner
 from multiseg.models.unet import padding_multiple, unet_trunk
+from multiseg.weighting.model import make_model, set_steps_per_epoch
 
 
 def build_model(recipe, *, channels: int) -> keras.Model:
@@ -33,7 +34,10 @@ def build_model(recipe, *, channels: int) -> keras.Model:
             scale=scale, grad_scale=head.grad_scale, norm=spec.norm, groups=spec.groups,
             norm_momentum=spec.norm_momentum, activation=spec.activation,
             padding=padding_multiple(spec.filters))
-    return keras.Model(image, outputs, name=recipe.name.replace("/", "_"))
+    # static: a plain functional model; other methods: one that owns their state.
+    return make_model(image, outputs, name=recipe.name.replace("/", "_"),
+                      weighting=recipe.train.weighting,
+                      heads={n: h.loss_weight for n, h in recipe.heads.items()}, seed=recipe.seed)
 
 
 def parameter_counts(model: keras.Model, heads) -> dict[str, int]:
@@ -119,6 +123,7 @@ def compile_model(model: keras.Model, recipe, *, total_steps: int = 1) -> keras.
     if recipe.train.lr_schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(total_steps, 1))
     optimizer = _optimizer(spec, lr)
+    set_steps_per_epoch(model, max(total_steps // recipe.train.epochs, 1))
     model.compile(optimizer=optimizer, loss=losses, loss_weights=weights, metrics=metrics)
     return model
 

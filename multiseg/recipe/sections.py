@@ -18,6 +18,7 @@ from multiseg.data.sources import (
     source_options,
     source_targets,
 )
+from multiseg.distribute.choices import DISTRIBUTIONS, backend_problem, recipe_problems
 from multiseg.options import show, suggest, type_name
 from multiseg.recipe.heads import head_name_problem, read_head
 from multiseg.recipe.reader import (
@@ -47,12 +48,18 @@ from multiseg.recipe.spec import (
     Recipe,
     SourceSpec,
     TrainSpec,
+    WeightingSpec,
+)
+from multiseg.weighting.choices import (
+    COMMON_OPTIONS,
+    METHODS,
+    SCHEDULE_OPTIONS,
 )
 
 NORMS = ("batch", "group", "instance", "none")
 UPSAMPLE_MODES = ("transpose", "resize")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-WEIGHTINGS = ("static",)
+WEIGHTINGS = tuple(METHODS)
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
@@ -202,7 +209,7 @@ def _read_train(sec: Section) -> TrainSpec:
                                                                    at_most(10_000_000))),
         optimizer=optimizer,
         lr_schedule=sec.choice("lr_schedule", ("constant", "cosine"), "constant"),
-        weighting=sec.choice("weighting", WEIGHTINGS, "static"),
+        weighting=_read_weighting(sec),
         gradflow=gradflow,
         deterministic=sec.get("deterministic", bool, False),
         on_nonfinite=sec.choice("on_nonfinite", ("stop", "skip"), "stop"),
@@ -211,8 +218,81 @@ def _read_train(sec: Section) -> TrainSpec:
         precise_bn=sec.get("precise_bn", int, 8, every(non_negative, at_most(100_000))),
         precision=sec.choice("precision", PRECISIONS, "float32"),
         jit_compile=_jit_compile(sec),
+        distribute=_distribute(sec),
     )
     return spec
+
+
+def _distribute(sec: Section) -> str:
+    name = sec.choice("distribute", tuple(DISTRIBUTIONS), "none")
+    if name != "none" and BUILD_CHECKS.get():  # Keras is imported: its backend is known
+        import keras
+
+        problem = backend_problem(name, keras.backend.backend())
+        if problem:
+            raise RecipeError(sec.sub("distribute"), problem)
+    return name
+
+
+def _read_weighting(sec: Section) -> WeightingSpec:
+    raw = sec.raw_value("weighting")
+    if raw is None:
+        return WeightingSpec()
+    if isinstance(raw, str):
+        raw = {"method": raw}
+    w = Section(raw, sec.sub("weighting"), f"a method name ({', '.join(WEIGHTINGS)}) or a"
+                " mapping such as {method: dwa, temperature: 2.0}")
+    method = w.choice("method", WEIGHTINGS, "static")
+    record = METHODS[method]
+    common = COMMON_OPTIONS if method != "static" else {}
+    w.expect("method", *record.options, *common)
+    options = {key: w.get(key, kind, default, check)
+               for key, (default, kind, check) in record.options.items() if key != "heads"}
+    if "heads" in record.options:
+        options["heads"] = _read_schedules(w)
+    default, kind, check = COMMON_OPTIONS["log_every"]
+    log_every = w.get("log_every", kind, default, check) if common else default
+    return WeightingSpec(method=method, options=options, log_every=log_every)
+
+
+def _read_schedules(w: Section) -> dict[str, dict[str, Any]]:
+    """``scheduled``'s ``heads``: ``{boundary: {initial: 0.0, end: 5}}``, one per head."""
+    if not w.has("heads"):
+        raise w.missing("heads", ": a schedule per head, e.g. heads: {boundary: {initial: 0.0,"
+                        " end: 5}} (a warm-up over 5 epochs)")
+    raw = w.raw_value("heads")
+    if not isinstance(raw, Mapping) or not raw:
+        raise RecipeError(w.sub("heads"), f"expected a mapping of head names to schedules,"
+                          f" e.g. {{boundary: {{initial: 0.0, end: 5}}}}; got {show(raw)}")
+    heads_sec = Section(raw, w.sub("heads"))
+    schedules = {}
+    for head in raw:
+        s = heads_sec.section(head, "a schedule such as {initial: 0.0, final: 1.0, end: 5}")
+        s.expect(*SCHEDULE_OPTIONS)
+        values = {key: s.get(key, kind, default, check)
+                  for key, (default, kind, check) in SCHEDULE_OPTIONS.items()}
+        if values["end"] <= values["begin"]:
+            raise RecipeError(s.sub("end"), f"must be after begin ({values['begin']:g}), got"
+                              f" {values['end']:g}")
+        schedules[head] = values
+    return schedules
+
+
+def _check_weighting(spec: WeightingSpec, heads: Mapping) -> None:
+    """The weighting method against the heads: schedules name heads, and a method that
+    balances heads has at least two to balance."""
+    path = "train.weighting"
+    for head in spec.options.get("heads", {}) if spec.method == "scheduled" else ():
+        if head not in heads:
+            raise RecipeError(f"{path}.heads.{key_text(head)}", f"no such head"
+                              f"{suggest(head, list(heads))}. Heads: {', '.join(heads)}")
+    weighted = [name for name, head in heads.items() if head.loss_weight > 0]
+    needed = METHODS[spec.method].min_heads
+    if len(weighted) < needed:
+        raise RecipeError(f"{path}.method", f"{spec.method} balances heads against each other"
+                          f" and needs at least {needed} heads with loss_weight > 0; this"
+                          f" recipe has {len(weighted)} ({', '.join(weighted)}). Use static,"
+                          " or scheduled for a weight that changes over time")
 
 
 def _jit_compile(sec: Section) -> bool | str:
@@ -267,7 +347,12 @@ def from_dict(raw: Any, *, where: str = "") -> Recipe:
     if all(head.loss_weight == 0 for head in heads.values()):
         raise RecipeError("heads", "every head has loss_weight 0: nothing would be trained")
     train = _read_train(top.section("train"))
+    _check_weighting(train.weighting, heads)
     output = top.get("output", str, f"runs/{name}", output_problem)
     top.finish()
-    return Recipe(name=name, data=data, model=model, heads=heads, train=train, output=output,
-                  seed=seed, version=version)
+    recipe = Recipe(name=name, data=data, model=model, heads=heads, train=train, output=output,
+                    seed=seed, version=version)
+    problems = recipe_problems(recipe)  # what the distribution cannot train, with its field
+    if problems:
+        raise RecipeError(*problems[0])
+    return recipe

@@ -122,13 +122,26 @@ class GradflowSpec:
 
 
 @dataclass(frozen=True)
+class WeightingSpec:
+    method: str = "static"  # a key of multiseg.weighting.choices.METHODS
+    options: Mapping[str, Any] = field(default_factory=dict)  # the method's own options
+    log_every: int = 50  # steps between the weights written to TensorBoard; 0: per epoch only
+
+    def to_plain(self) -> Any:
+        """As a recipe writes it: ``static``, or ``{method: dwa, temperature: 2.0, ...}``."""
+        if self.method == "static":
+            return "static"
+        return {"method": self.method, **_plain(dict(self.options)), "log_every": self.log_every}
+
+
+@dataclass(frozen=True)
 class TrainSpec:
     epochs: int = 10
     batch_size: int = 16
     steps_per_epoch: int | None = None  # None: one pass over the training samples
     optimizer: OptimizerSpec = OptimizerSpec()
     lr_schedule: str = "constant"  # constant | cosine
-    weighting: str = "static"
+    weighting: WeightingSpec = WeightingSpec()
     gradflow: GradflowSpec = GradflowSpec()
     deterministic: bool = False  # op-level determinism (slower)
     on_nonfinite: str = "stop"  # a NaN/Inf loss: stop (keep the last good checkpoint) | skip
@@ -142,6 +155,9 @@ class TrainSpec:
     # auto | true | false: XLA compilation of the training step (auto: what is measured
     # fastest on the backend and device, see multiseg.models.build.choose_jit_compile).
     jit_compile: bool | str = "auto"
+    # none | mirrored | multi_worker (TensorFlow) | data_parallel (JAX): batch_size is the
+    # global batch, split across replicas (multiseg.distribute).
+    distribute: str = "none"
 
 
 @dataclass(frozen=True)
@@ -173,7 +189,8 @@ class Recipe:
             },
             "model": {**dataclasses.asdict(self.model), "filters": list(self.model.filters)},
             "heads": {name: _head_to_dict(h) for name, h in self.heads.items()},
-            "train": _plain(dataclasses.asdict(self.train)),
+            "train": {**_plain(dataclasses.asdict(self.train)),
+                      "weighting": self.train.weighting.to_plain()},
             "output": self.output,
         }
 

@@ -1,0 +1,194 @@
+"""``train.distribute``: the recipe's checks, and one step on two replicas against one device.
+
+The device setups must be made before the backend starts (TensorFlow's logical devices, JAX's
+``--xla_force_host_platform_device_count``), so the training comparisons run in child
+processes. Each child trains the tiny recipe one step without distribution and one step on two
+replicas of the same global batch, then resumes both runs from their checkpoints for a second
+step; the parent compares losses, metrics and weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import TINY_RAW
+
+from multiseg.recipe import RecipeError, from_dict, load
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# argv: the recipe (JSON), the distribution, an output folder. Trains the recipe one epoch of
+# one step with and without the distribution, then resumes each run for a second epoch; writes
+# each run's metrics.json figures and its weights (.npz) after each epoch.
+CHILD = textwrap.dedent("""
+    import copy, json, os, sys
+    import numpy as np
+    {setup}
+    from multiseg.recipe import from_dict
+    from multiseg.train import train
+
+    raw, name, out = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3]
+    figures = {{}}
+    for distribute in ("none", name):
+        for epochs in (1, 2):  # the second call resumes from the first one's checkpoint
+            recipe = copy.deepcopy(raw)
+            recipe["train"].update(distribute=distribute, epochs=epochs)
+            recipe["output"] = os.path.join(out, distribute)
+            result = train(from_dict(recipe), verbose=0)
+            key = f"{{distribute}}-{{epochs}}"
+            figures[key] = {{"train": result.metrics["train"], "val": result.metrics["val"],
+                            "epochs_run": result.epochs_run}}
+            np.savez(os.path.join(out, key + ".npz"),
+                     *[np.asarray(v) for v in result.model.weights])
+    json.dump(figures, open(os.path.join(out, "figures.json"), "w"))
+""")
+
+TF_SETUP = """
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+"""
+
+
+def _recipe(tmp_path) -> dict:
+    raw = copy.deepcopy(TINY_RAW)
+    raw["output"] = str(tmp_path / "unused")
+    # One step of 8 samples per epoch. SGD: a gradient difference shows in the weights as it
+    # is (Adam's first step is lr * sign(g), which hides or magnifies tiny differences).
+    raw["train"].update(steps_per_epoch=1, precise_bn=0,
+                        optimizer={"name": "sgd", "learning_rate": 0.1})
+    return raw
+
+
+def _run_child(tmp_path, name: str, setup: str, env: dict) -> dict:
+    (tmp_path / "recipe.json").write_text(json.dumps(_recipe(tmp_path)))
+    child_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env}
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD.format(setup=setup), str(tmp_path / "recipe.json"), name,
+         str(tmp_path)], cwd=ROOT, env=child_env, capture_output=True, text=True, timeout=420)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((tmp_path / "figures.json").read_text())
+
+
+def _flat(figures: dict, prefix: str = "") -> dict[str, float]:
+    flat = {}
+    for key, value in figures.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)):
+            flat[prefix + key] = float(value)
+    return flat
+
+
+def _weights(tmp_path, key: str) -> list[np.ndarray]:
+    with np.load(tmp_path / f"{key}.npz") as stored:
+        return [stored[f"arr_{i}"] for i in range(len(stored.files))]
+
+
+def _assert_same_training(tmp_path, figures: dict, name: str) -> None:
+    for epochs in (1, 2):
+        single, split = figures[f"none-{epochs}"], figures[f"{name}-{epochs}"]
+        assert split["epochs_run"] == single["epochs_run"] == 1  # epoch 2 resumed
+        one, two = _flat({"train": single["train"], "val": single["val"]}), \
+            _flat({"train": split["train"], "val": split["val"]})
+        assert one.keys() == two.keys()
+        # Per-head losses, loss terms, metrics: float32 sums over 8 x 32 x 32 pixels in
+        # another order (per replica, then across) differ by a few ulps; 1e-5 relative.
+        for key in one:
+            assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), (epochs, key)
+        # Weights after one and two SGD steps (lr 0.1): 1e-5 absolute, the loss's tolerance
+        # carried through the gradient.
+        for a, b in zip(_weights(tmp_path, f"none-{epochs}"),
+                        _weights(tmp_path, f"{name}-{epochs}"), strict=True):
+            np.testing.assert_allclose(b, a, atol=1e-5, rtol=0)
+    # Not trivially equal: the second step moved the weights.
+    moved = [np.max(np.abs(a - b)) for a, b in zip(_weights(tmp_path, f"{name}-1"),
+                                                  _weights(tmp_path, f"{name}-2"), strict=True)]
+    assert max(moved) > 1e-3
+
+
+class TestRecipe:
+    def test_default_is_none_and_round_trips(self, tiny_raw):
+        recipe = from_dict(tiny_raw)
+        assert recipe.train.distribute == "none"
+        raw = copy.deepcopy(tiny_raw)
+        raw["train"]["distribute"] = "mirrored"
+        again = from_dict(from_dict(raw).to_dict())
+        assert again.train.distribute == "mirrored"
+
+    def test_unknown_choice_names_the_field(self, tiny_raw):
+        tiny_raw["train"]["distribute"] = "mirored"
+        with pytest.raises(RecipeError, match=r"^train\.distribute: .*mirrored"):
+            from_dict(tiny_raw)
+
+    def test_engine_of_another_backend_is_refused_before_training(self, tiny_raw):
+        # The suite runs on TensorFlow: data_parallel is JAX's.
+        tiny_raw["train"]["distribute"] = "data_parallel"
+        with pytest.raises(RecipeError, match=r"^train\.distribute: data_parallel .*needs the"
+                           r" jax backend, and Keras runs on tensorflow; on tensorflow use"
+                           r" mirrored"):
+            from_dict(tiny_raw)
+
+    def test_multi_worker_is_refused_with_the_reason(self, tiny_raw):
+        tiny_raw["train"]["distribute"] = "multi_worker"
+        with pytest.raises(RecipeError, match=r"^train\.distribute: Keras 3's fit does not"
+                           r" train under MultiWorkerMirroredStrategy.*keras-team/keras#20585"):
+            from_dict(tiny_raw)
+
+    def test_whole_batch_loss_is_refused_under_a_strategy(self, tiny_raw):
+        tiny_raw["train"]["distribute"] = "mirrored"
+        tiny_raw["heads"]["mask"]["loss"][0]["per_sample"] = False
+        with pytest.raises(RecipeError, match=r"^heads\.mask\.loss\[0\]\.per_sample: "
+                           r"per_sample: false computes dice over the whole batch"):
+            from_dict(tiny_raw)
+
+    def test_gradflow_is_refused_under_a_strategy(self, tiny_raw):
+        tiny_raw["train"].update(distribute="mirrored", gradflow={"every": 5})
+        with pytest.raises(RecipeError, match=r"^train\.gradflow\.every: gradflow snapshots"):
+            from_dict(tiny_raw)
+
+    def test_learned_weighting_is_refused_under_a_strategy(self, tiny_raw):
+        tiny_raw["train"].update(distribute="mirrored", weighting="dwa")
+        with pytest.raises(RecipeError, match=r"^train\.weighting: dwa updates its state"):
+            from_dict(tiny_raw)
+
+    def test_refused_without_keras_too(self, tmp_path):
+        # The command's first, Keras-free read already answers.
+        raw = copy.deepcopy(TINY_RAW)
+        raw["train"]["distribute"] = "multi_worker"
+        path = tmp_path / "recipe.json"
+        path.write_text(json.dumps(raw))
+        with pytest.raises(RecipeError, match=r"^train\.distribute: "):
+            load(str(path), build=False)
+
+
+class TestReplicas:
+    def test_uneven_global_batch_names_the_field(self, tiny_raw):
+        from multiseg.distribute.engines import DistributionError, check_replicas
+
+        tiny_raw["train"]["batch_size"] = 6
+        recipe = from_dict(tiny_raw)
+        check_replicas(recipe, 2)
+        with pytest.raises(DistributionError, match=r"^train\.batch_size: 6 does not split"
+                           r" across the 4 replicas .* such as 4 or 8$"):
+            check_replicas(recipe, 4)
+
+
+def test_mirrored_two_devices_equal_one_device(tmp_path):
+    figures = _run_child(tmp_path, "mirrored", TF_SETUP, {"KERAS_BACKEND": "tensorflow"})
+    _assert_same_training(tmp_path, figures, "mirrored")
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("jax"), reason="needs JAX")
+def test_data_parallel_two_devices_equal_one_device(tmp_path):
+    figures = _run_child(tmp_path, "data_parallel", "",
+                         {"KERAS_BACKEND": "jax",
+                          "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    _assert_same_training(tmp_path, figures, "data_parallel")
