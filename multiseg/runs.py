@@ -125,7 +125,7 @@ def load_weights(model: keras.Model, recipe, run_dir: str, *, checkpoint: bool =
         WeightsMismatch: the saved weights do not fit ``model``.
     """
     from multiseg.models.build import compile_model
-    from multiseg.weighting.model import network
+    from multiseg.weighting.model import WeightedModel, network
 
     model_path = os.path.join(run_dir, "model.keras")
     if checkpoint or not os.path.isfile(model_path):
@@ -140,8 +140,21 @@ def load_weights(model: keras.Model, recipe, run_dir: str, *, checkpoint: bool =
     else:
         # Same architecture, same layer names: the weights load into the fresh model.
         source = model_path
-        load = lambda: network(model).set_weights(  # noqa: E731
-            load_model(model_path, compile=False).get_weights())
+        final = latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+        if isinstance(model, WeightedModel) and final is not None:
+            # model.keras holds the network only; the weighting's final state (the effective
+            # weights evaluate and gradflow use) is in the last checkpoint. The network then
+            # comes from model.keras, whose normalisation statistics may be recomputed.
+            if getattr(model, "optimizer", None) is None:
+                compile_model(model, recipe)
+            model.optimizer.build(model.trainable_variables)
+
+            def load():
+                model.load_weights(final[2])
+                network(model).set_weights(load_model(model_path, compile=False).get_weights())
+        else:
+            load = lambda: network(model).set_weights(  # noqa: E731
+                load_model(model_path, compile=False).get_weights())
     try:
         # Keras warns about every layer it could not fill before it gives up on a mismatch:
         # noise beside the error; kept when the load succeeds.

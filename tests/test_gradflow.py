@@ -325,3 +325,48 @@ class TestGradflowLogger:
             GradflowLogger(losses={}, loss_weights={}, batch=None, every=5,
                            logdir=str(tmp_path), mode="both")
 
+
+
+@pytest.fixture(scope="module")
+def dwa_run(tmp_path_factory):
+    """A tiny DWA run with a gradflow snapshot at its last step (5)."""
+    from conftest import TINY_RAW
+
+    from multiseg.data import build_data
+    from multiseg.train import train
+    from multiseg.weighting.model import current_weights
+
+    raw = copy.deepcopy(TINY_RAW)
+    raw["output"] = str(tmp_path_factory.mktemp("dwa") / "run")
+    # DWA keeps the static weights for two epochs (two steps each); step 5 has its own.
+    raw["train"].update(epochs=3, weighting={"method": "dwa", "temperature": 0.5})
+    recipe = from_dict(raw)
+    logger = GradflowLogger.from_recipe(recipe, data=build_data(recipe), every=5,
+                                        logdir=str(tmp_path_factory.mktemp("logs")))
+    result = train(recipe, verbose=0, extra_callbacks=[logger])
+    return recipe, result, logger, current_weights(result.model)
+
+
+class TestLearnedWeights:
+    """With a learned train.weighting, the weighted norms are those of the weights in force:
+    during training the current ones, on a finished run its final ones (not the recipe's)."""
+
+    def test_final_weights_are_not_the_recipes(self, dwa_run):
+        recipe, _, _, final = dwa_run
+        priors = {h: s.loss_weight for h, s in recipe.heads.items()}
+        assert max(abs(final[h] - priors[h]) for h in priors) > 1e-3
+
+    def test_training_snapshot_uses_the_weights_of_its_step(self, dwa_run):
+        # Step 5 is the last: its weights are the run's final ones.
+        _, _, logger, final = dwa_run
+        assert [r["step"] for r in logger.reports] == [5]
+        assert logger.last_report["loss_weights"] == pytest.approx(final, rel=1e-6)
+
+    def test_tool_on_the_run_uses_its_final_weights(self, dwa_run):
+        recipe, result, _, final = dwa_run
+        report = recipe_report(recipe, run_dir=result.run_dir)
+        assert report["loss_weights"] == pytest.approx(final, rel=1e-6)
+        for entry in report["layers"]:
+            for head in entry["reach"]:
+                assert entry["grad_norm_weighted"][head] == pytest.approx(
+                    final[head] * entry["grad_norm_raw"][head], rel=1e-5)

@@ -18,6 +18,7 @@ from multiseg.gradflow.table import format_table
 from multiseg.gradients import GradientProbe, HeadGradients, summarise
 from multiseg.models.build import head_losses
 from multiseg.tblog import SummaryWriter
+from multiseg.weighting.model import current_weights
 
 
 class GradflowLogger(keras.callbacks.Callback):
@@ -106,6 +107,10 @@ class GradflowLogger(keras.callbacks.Callback):
         started = time.perf_counter()
         if self._probe is None:
             self._probe = GradientProbe(self.model, self.losses, self.loss_weights)
+        effective = current_weights(self.model)
+        if effective is not None:
+            # A learned weighting: the weighted norms are those of the weights in force now.
+            self._probe.loss_weights = {h: effective[h] for h in self._probe.loss_weights}
         grads = self._probe.gradients(*self.batch)
         report = summarise(grads, learning_rate=current_learning_rate(self.model),
                            mode=self.mode, optimizer=self.optimizer_name, recipe=self.recipe,

@@ -16,6 +16,7 @@ from multiseg.gradflow.table import format_table
 from multiseg.gradients import GradientProbe, summarise
 from multiseg.models.build import build_model, head_losses
 from multiseg.runs import WeightsMismatch, load_weights
+from multiseg.weighting.model import current_weights
 
 FORMATS = ("png", "svg", "json", "txt")
 
@@ -90,8 +91,9 @@ def recipe_report(recipe, *, run_dir: str | None = None, batches: int = 1,
             raise GradflowError(f"{run_dir}: its weights do not fit this recipe's model"
                                 f" ({detail}); give the run's own recipe (or no recipe: the"
                                 " run's recipe.yaml is used)") from None
-    probe = GradientProbe(model, head_losses(recipe),
-                          {h: s.loss_weight for h, s in recipe.heads.items()})
+    # A learned weighting's effective weights: those of the run's end, or the starting ones.
+    weights = current_weights(model) or {h: s.loss_weight for h, s in recipe.heads.items()}
+    probe = GradientProbe(model, head_losses(recipe), weights)
     grads = probe.mean_gradients(data.train.batch(0, i) for i in range(batches))
     return summarise(grads, learning_rate=recipe.train.optimizer.learning_rate, mode=mode,
                      optimizer=recipe.train.optimizer.name, recipe=recipe.name)
