@@ -140,6 +140,40 @@ class TestKillAndResume:
         _assert_matches_uninterrupted_run(tmp_path, raw, _val(raw["output"]))
 
 
+# Every stateful train.weighting: its state (counters, running means, generator, learned
+# parameters) must come back from the checkpoint exactly, or the resumed weights drift.
+STATEFUL_WEIGHTINGS = [
+    {"method": "scheduled", "heads": {"shape": {"initial": 0.0, "end": 3}}},
+    {"method": "uncertainty"},
+    {"method": "dwa", "temperature": 0.5},
+    {"method": "rlw"},
+    {"method": "famo"},
+]
+
+
+@pytest.mark.parametrize("weighting", STATEFUL_WEIGHTINGS, ids=lambda w: w["method"])
+def test_killed_weighted_run_resumes_exactly(tmp_path, tiny_raw, weighting):
+    tiny_raw["train"].update(epochs=3, deterministic=True, weighting=weighting)
+    tiny_raw["data"]["train"] = 24  # 3 steps per epoch: DWA's third epoch is its own
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tiny_raw, sort_keys=False))
+    proc = _run(tmp_path, path, "kill", epoch=1, batch=1)  # SIGKILL in epoch 2
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert _state(tiny_raw["output"])["epoch"] == 1
+    assert _run(tmp_path, path).returncode == 0
+    resumed = _val(tiny_raw["output"])
+    straight_raw = {**tiny_raw, "output": str(tmp_path / "straight")}
+    straight_path = tmp_path / "straight.yaml"
+    straight_path.write_text(yaml.safe_dump(straight_raw, sort_keys=False))
+    assert _run(tmp_path, straight_path).returncode == 0
+    straight = _val(straight_raw["output"])
+    # weighted_loss = the final effective weight x the raw loss: both must agree.
+    for head in ("mask", "boundary", "shape"):
+        for figure in ("loss", "weighted_loss"):
+            assert resumed[head][figure] == pytest.approx(straight[head][figure], rel=1e-4), (
+                head, figure)
+
+
 class _PoisonHead(keras.callbacks.Callback):
     """Sets one layer's kernel to NaN at the start of a given step (after the guard's
     snapshot, since it runs later in the callback list)."""
