@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{method}: " + ", ".join(f"{k} {v:.4f}" for k, v in figures.items())
               + f" ({statistics.mean(seconds):.0f} s)", file=sys.stderr)
     baseline = results["static"]["figures"]
-    for method, result in results.items():
+    for result in results.values():
         result["delta_m"] = delta_m(result["figures"], baseline)
 
     header = "| method | " + " | ".join(f"{h} {m}" for h, m in columns.items()) + " | Δm |"

@@ -56,10 +56,15 @@ def snapshot_cost(recipe, data, repeats: int) -> dict[str, float]:
     model.fit(x, y, batch_size=recipe.train.batch_size, epochs=1, verbose=0)  # trace
     model.fit(x, y, batch_size=recipe.train.batch_size, epochs=3, verbose=0, callbacks=[timer])
     step = statistics.median(timer.times)
+    return {"step": step, **probe_costs(recipe, model, data, repeats)}
 
+
+def probe_costs(recipe, model, data, repeats: int) -> dict[str, float]:
+    """Seconds of the first probe (tracing), then medians of the probe's gradients alone, of
+    a snapshot (gradients + statistics) and of a logged one (what ``GradflowLogger`` does)."""
     weights = {h: s.loss_weight for h, s in recipe.heads.items()}
     probe = GradientProbe(model, head_losses(recipe), weights)
-    images, targets = batches[0]
+    images, targets = data.train.batch(0, 0)
     started = time.perf_counter()
     probe.gradients(images, targets)
     trace = time.perf_counter() - started
@@ -74,8 +79,7 @@ def snapshot_cost(recipe, data, repeats: int) -> dict[str, float]:
         logger.snapshot()
         logged = median_time(logger.snapshot, repeats)
         logger.close()
-    return {"step": step, "trace": trace, "gradients": gradients, "snapshot": snapshot,
-            "logged": logged}
+    return {"trace": trace, "gradients": gradients, "snapshot": snapshot, "logged": logged}
 
 
 def _with_every(recipe, every: int, output: str):

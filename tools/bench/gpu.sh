@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# tools/bench/step.py on a GPU machine with JAX and PyTorch and no TensorFlow: multiseg against
+# the same network written by hand in plain Keras and in plain PyTorch (eager and
+# torch.compile), KERAS_BACKEND=jax, float32 and bfloat16, 256x256 and 512x512, batch 8.
+#
+#   tools/bench/gpu.sh [OUT_DIR]     # default $OUT, else bench-gpu: step-<size>-<precision>.json
+#                                    # per run, and gpu.log with every table
+#
+# Environment: BENCH_SIZES ("256 512"), BENCH_PRECISIONS ("float32 bfloat16"), BENCH_BATCH (8),
+# BENCH_STEPS (20), BENCH_REPEATS (3), BENCH_WARMUP (3); BENCH_QUICK=1 for tiny sizes that
+# check on any machine that it runs. PYTHON picks the interpreter (default python3). Keras is
+# not on that machine: wheels in .whl/ at the repository root (docs/performance.md says which)
+# are installed under /tmp/site first. One failed run does not stop the others; the exit
+# status says whether any failed.
+set -uo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+out="${1:-${OUT:-bench-gpu}}"
+python="${PYTHON:-python3}"
+mkdir -p "$out"
+log="$out/gpu.log"
+if ls "$root"/.whl/*.whl >/dev/null 2>&1 && ! "$python" -c "import keras" 2>/dev/null; then
+  "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site "$root"/.whl/*.whl || exit 1
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export KERAS_BACKEND=jax PYTHONUNBUFFERED=1
+if [[ "${BENCH_QUICK:-0}" == 1 ]]; then
+  sizes="${BENCH_SIZES:-32}"; batch="${BENCH_BATCH:-2}"; steps="${BENCH_STEPS:-2}"
+  repeats="${BENCH_REPEATS:-2}"; warmup="${BENCH_WARMUP:-1}"
+else
+  sizes="${BENCH_SIZES:-256 512}"; batch="${BENCH_BATCH:-8}"; steps="${BENCH_STEPS:-20}"
+  repeats="${BENCH_REPEATS:-3}"; warmup="${BENCH_WARMUP:-3}"
+fi
+{ date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
+  "$python" -c "import sys, jax, keras; print(sys.version.split()[0], 'jax', jax.__version__,
+jax.devices(), 'keras', keras.__version__)"; } 2>&1 | tee -a "$log"
+status=0
+started=$SECONDS
+for precision in ${BENCH_PRECISIONS:-float32 bfloat16}; do
+  for size in $sizes; do
+    name="step-${size}-${precision}"
+    extra=()
+    # A snapshot's cost hardly depends on the precision: measured in float32 only.
+    [[ "$precision" == bfloat16 ]] && extra=(--no-gradflow)
+    echo "== $name ($((SECONDS - started)) s so far)" | tee -a "$log"
+    "$python" "$here/step.py" --size "$size" --batch "$batch" --steps "$steps" \
+      --repeats "$repeats" --warmup "$warmup" --precision "$precision" "${extra[@]}" \
+      --json "$out/$name.json" 2>&1 | tee -a "$log" || status=1
+  done
+done
+echo "== done in $((SECONDS - started)) s; results in $out" | tee -a "$log"
+exit "$status"
