@@ -52,6 +52,8 @@ from multiseg.recipe.spec import (
 )
 from multiseg.weighting.choices import (
     COMMON_OPTIONS,
+    GRADIENT_BACKENDS,
+    GRADIENT_PRECISIONS,
     METHODS,
     SCHEDULE_OPTIONS,
 )
@@ -278,9 +280,11 @@ def _read_schedules(w: Section) -> dict[str, dict[str, Any]]:
     return schedules
 
 
-def _check_weighting(spec: WeightingSpec, heads: Mapping) -> None:
+def _check_weighting(spec: WeightingSpec, heads: Mapping, *,
+                     precision: str = "float32") -> None:
     """The weighting method against the heads: schedules name heads, and a method that
-    balances heads has at least two to balance."""
+    balances heads has at least two to balance; a gradient-level method against the
+    precision and the backend."""
     path = "train.weighting"
     for head in spec.options.get("heads", {}) if spec.method == "scheduled" else ():
         if head not in heads:
@@ -293,6 +297,25 @@ def _check_weighting(spec: WeightingSpec, heads: Mapping) -> None:
                           f" and needs at least {needed} heads with loss_weight > 0; this"
                           f" recipe has {len(weighted)} ({', '.join(weighted)}). Use static,"
                           " or scheduled for a weight that changes over time")
+    most = METHODS[spec.method].max_heads
+    if most is not None and len(weighted) > most:
+        raise RecipeError(f"{path}.method", f"{spec.method} takes at most {most} heads with"
+                          f" loss_weight > 0; this recipe has {len(weighted)}. Use pcgrad or"
+                          " gradnorm")
+    if METHODS[spec.method].level != "gradient":
+        return
+    if precision not in GRADIENT_PRECISIONS:
+        raise RecipeError("train.precision", f"{spec.method} combines the heads' gradients,"
+                          f" which {precision} (loss scaling) does not support; use"
+                          f" {' or '.join(GRADIENT_PRECISIONS)}")
+    if BUILD_CHECKS.get():  # Keras is imported: its backend is known
+        import keras
+
+        if keras.backend.backend() not in GRADIENT_BACKENDS:
+            raise RecipeError(f"{path}.method", f"{spec.method} has a training step for the"
+                              f" {' and '.join(GRADIENT_BACKENDS)} backends, not"
+                              f" {keras.backend.backend()}; set KERAS_BACKEND to one of them,"
+                              " or use a loss-level method (e.g. famo, dwa)")
 
 
 def _jit_compile(sec: Section) -> bool | str:
@@ -347,7 +370,7 @@ def from_dict(raw: Any, *, where: str = "") -> Recipe:
     if all(head.loss_weight == 0 for head in heads.values()):
         raise RecipeError("heads", "every head has loss_weight 0: nothing would be trained")
     train = _read_train(top.section("train"))
-    _check_weighting(train.weighting, heads)
+    _check_weighting(train.weighting, heads, precision=train.precision)
     output = top.get("output", str, f"runs/{name}", output_problem)
     top.finish()
     recipe = Recipe(name=name, data=data, model=model, heads=heads, train=train, output=output,

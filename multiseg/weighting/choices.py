@@ -35,6 +35,9 @@ class WeightingMethod:
     # option -> (default, type, check); a default of ... makes the option required.
     options: Mapping[str, tuple[Any, type, Check | None]] = field(default_factory=dict)
     min_heads: int = 2  # heads with loss_weight > 0 that the method needs to make sense
+    # The most heads with loss_weight > 0 it takes (upgrad solves its projection exactly
+    # over every subset of the heads: 2^K small linear systems per step).
+    max_heads: int | None = None
 
 
 SCHEDULE_SHAPES = ("linear", "cosine")
@@ -60,7 +63,28 @@ METHODS: dict[str, WeightingMethod] = {
         " heads' rates of improvement (Liu et al. 2023)",
         options={"learning_rate": (0.025, float, _positive_at_most(10.0)),
                  "decay": (1e-3, float, _non_negative_at_most(1.0))}),
+    "pcgrad": WeightingMethod(
+        "pcgrad", "gradient", "projecting conflicting gradients: on the shared trunk, each"
+        " head's gradient loses its component against every other head's it conflicts with,"
+        " in random order (Yu et al. 2020)"),
+    "upgrad": WeightingMethod(
+        "upgrad", "gradient", "unconflicting projection of gradients: on the shared trunk, the"
+        " sum of each head's gradient projected onto the cone of directions that no head's"
+        " loss rises along (Quinton & Rey 2024)", max_heads=8),
+    "gradnorm": WeightingMethod(
+        "gradnorm", "gradient", "gradient normalisation: learned loss weights that equalise"
+        " the heads' gradient norms at the last shared layer, scaled by their relative"
+        " training rates to the power alpha (Chen et al. 2018)",
+        options={"alpha": (1.5, float, _non_negative_at_most(10.0)),
+                 "learning_rate": (0.025, float, _positive_at_most(10.0))}),
 }
+
+# The backends whose training step the gradient-level methods have (per-head gradients in
+# the step: a persistent tape on TensorFlow, one vjp pulled back per head on JAX).
+GRADIENT_BACKENDS = ("tensorflow", "jax")
+# Precisions a gradient-level method trains in: mixed_float16 scales the loss, and the step
+# would have to unscale every head's gradient and skip non-finite ones before combining.
+GRADIENT_PRECISIONS = ("float32", "mixed_bfloat16")
 
 # Options of every method but static: how often the weights go to TensorBoard.
 COMMON_OPTIONS: dict[str, tuple[Any, type, Check | None]] = {

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 import keras
 import numpy as np
 
+from multiseg.weighting import steps
+from multiseg.weighting.gradient import GRADIENT_WEIGHTINGS
 from multiseg.weighting.state import LOSS_WEIGHTINGS, LossWeighting
 
 
@@ -64,6 +66,20 @@ class WeightedModel(keras.Model):
         return total + sum(self.losses) if self.losses else total
 
 
+@keras.saving.register_keras_serializable(package="multiseg")
+class GradientWeightedModel(WeightedModel):
+    """A :class:`WeightedModel` whose training step combines the heads' own gradients
+    (``multiseg.weighting.steps``, one step per backend)."""
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        # Regularisation losses are nobody's head: the step adds their gradient as it is.
+        self._regularisation = sum(self.losses) if self.losses else None
+        return super().compute_loss(x, y, y_pred, sample_weight, training)
+
+    def train_step(self, *args):
+        return steps.train_step(self, *args)
+
+
 def make_model(inputs, outputs: Mapping, *, name: str, weighting, heads: Mapping,
                seed: int = 0) -> keras.Model:
     """The recipe's model: plain functional for ``static``, else a :class:`WeightedModel`
@@ -71,11 +87,16 @@ def make_model(inputs, outputs: Mapping, *, name: str, weighting, heads: Mapping
     each head to its recipe ``loss_weight``."""
     if weighting.method == "static":
         return keras.Model(inputs, outputs, name=name)
-    layer_class = LOSS_WEIGHTINGS[weighting.method]
     options = dict(weighting.options)
+    if weighting.method in GRADIENT_WEIGHTINGS:
+        layer = GRADIENT_WEIGHTINGS[weighting.method](list(heads), dict(heads), seed=seed,
+                                                      **options)
+        model = GradientWeightedModel(inputs, outputs, name=name, weighting=layer)
+        steps.prepare(model)
+        return model
     if weighting.method == "scheduled":
         options = {"schedules": options["heads"]}
-    layer = layer_class(list(heads), dict(heads), seed=seed, **options)
+    layer = LOSS_WEIGHTINGS[weighting.method](list(heads), dict(heads), seed=seed, **options)
     return WeightedModel(inputs, outputs, name=name, weighting=layer)
 
 

@@ -1,6 +1,6 @@
 """The cost of each ``train.weighting`` method: training-step time relative to ``static``.
 
-    python tools/bench/weighting.py [RECIPE] [--steps 20] [--repeats 3] [--methods static,dwa]
+    python tools/bench/weighting.py [RECIPE] [--steps 20] [--repeats 3] [--methods static,pcgrad]
 
 One process; every method's model is built and compiled from RECIPE (default the default
 recipe, ``recipes/shapes.yaml``) with ``train.weighting.method`` set, traced and warmed up on
@@ -24,6 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from multiseg.startup import import_keras  # noqa: E402
 
 LOSS_LEVEL = ("static", "uncertainty", "dwa", "rlw", "famo")
+# One backward pass per weighted head (gradnorm: one full, and one per head down to its layer).
+GRADIENT_LEVEL = ("pcgrad", "upgrad", "gradnorm")
 
 
 class _StepTimes:
@@ -51,7 +53,7 @@ def main(argv=None) -> int:
     parser.add_argument("recipe", nargs="?", default="recipes/shapes.yaml")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--methods", default=",".join(LOSS_LEVEL))
+    parser.add_argument("--methods", default=",".join(LOSS_LEVEL + GRADIENT_LEVEL))
     args = parser.parse_args(argv)
     import_keras()
     import keras
