@@ -64,15 +64,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", default=None)
+    parser.add_argument("--baseline", default=None,
+                        help="an effect.json whose static runs (same recipe, seeds and --set)"
+                        " to reuse instead of training static again")
     args = parser.parse_args(argv)
-    if args.methods[0] != "static":
-        args.methods.insert(0, "static")
+    baseline_runs = None
+    if args.baseline:
+        with open(args.baseline, encoding="utf-8") as handle:
+            earlier = json.load(handle)
+        if (earlier["recipe"], earlier["overrides"], earlier["seeds"]) != (
+                args.recipe, args.overrides, args.seeds):
+            parser.error(f"--baseline {args.baseline}: another recipe, --set or seeds")
+        baseline_runs = earlier["results"]["static"]
+    if "static" in args.methods:
+        args.methods.remove("static")
+    args.methods.insert(0, "static")
     recipe = recipe_lib.load(args.recipe, args.overrides, build=False)
     out = args.out or os.path.join("runs", f"weighting-effect-{recipe.name}")
     columns = {h: m for h, m in main_metrics(recipe).items() if m}
 
     results: dict[str, dict] = {}
     for method in args.methods:
+        if method == "static" and baseline_runs is not None:
+            results[method] = {k: baseline_runs[k] for k in ("figures", "seeds", "seconds")}
+            continue
         per_seed, seconds = [], []
         for seed in args.seeds:
             val, took = train_once(args.recipe, method, seed, args.overrides, out)
