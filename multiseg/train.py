@@ -14,6 +14,7 @@ import dataclasses
 import sys
 
 from multiseg import recipe as recipe_lib
+from multiseg.distribute.choices import joins_processes
 from multiseg.errors import TrainingInterrupted, UserError, report
 from multiseg.startup import import_keras
 
@@ -48,17 +49,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         light = recipe_lib.load(args.recipe, args.overrides, build=False)  # before Keras starts
-        import_keras(verbose=args.verbose)
-        # Several processes join before the backend runs an operation (the full read runs some).
-        from multiseg.distribute.engines import start_processes
+        if joins_processes(light.train.distribute):
+            # Several processes join before the backend looks for its devices, as import_keras
+            # does (JAX refuses to join after that); Keras imports quietly on JAX.
+            from multiseg.distribute.engines import start_processes
 
-        start_processes(light.train.distribute)
+            start_processes(light.train.distribute)
+        import_keras(verbose=args.verbose)
         recipe = recipe_lib.load(args.recipe, args.overrides)
         if args.output:
             recipe = dataclasses.replace(recipe, output=args.output)
         result = train(recipe, fresh=args.fresh, verbose=0 if args.quiet else 1,
                        recipe_path=args.recipe)
-        if args.quiet:
+        from multiseg.distribute.engines import is_chief
+
+        if args.quiet and is_chief():  # another process's run directory is a scratch copy
             from multiseg.trainer import final_summary
 
             print(final_summary(result.metrics, result.run_dir), flush=True)

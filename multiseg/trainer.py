@@ -46,6 +46,8 @@ from multiseg.distribute.engines import (
     distribution_callbacks,
     distribution_scope,
     is_chief,
+    is_multi_process,
+    process_feed,
     replica_count,
     worker_run,
 )
@@ -176,10 +178,13 @@ def _train(recipe, *, fresh: bool, verbose: int | str, recipe_path: str | None,
 
     weights = {name: h.loss_weight for name, h in recipe.heads.items()}
     spatial = [n for n, h in recipe.heads.items() if HEAD_KINDS[h.kind].spatial]
-    # A non-static weighting's effective weights are read from the model as it trains.
+    # A non-static weighting's effective weights are read from the model as it trains. No
+    # prediction images over several JAX processes: Keras's predict cannot fetch outputs
+    # that other processes hold a part of.
     tensorboard = TensorBoardLogs(os.path.join(run_dir, "logs"), recipe.heads, weights,
                                   weights_every=recipe.train.weighting.log_every,
-                                  preview=_preview(data, spatial) if spatial else None)
+                                  preview=(_preview(data, spatial)
+                                           if spatial and not is_multi_process() else None))
     checkpoint = AtomicCheckpoint(checkpoint_dir)
     nonfinite = NonFiniteGuard(recipe.heads, checkpoint, mode=recipe.train.on_nonfinite,
                                max_skipped=recipe.train.max_skipped_steps)
@@ -193,7 +198,7 @@ def _train(recipe, *, fresh: bool, verbose: int | str, recipe_path: str | None,
                  *extra_callbacks]
     if data.report is not None:
         _record_data_report(data.report, run_dir, tensorboard)
-    validation = data.val.dataset()
+    validation = process_feed(data.val.dataset())
     started = time.time()
     history = None
     epochs = recipe.train.epochs
@@ -205,7 +210,8 @@ def _train(recipe, *, fresh: bool, verbose: int | str, recipe_path: str | None,
             if progress:
                 progress.start_step = initial_step
             start = initial_epoch * steps + initial_step
-            history = model.fit(data.train.dataset(start, (initial_epoch + 1) * steps),
+            feed = process_feed(data.train.dataset(start, (initial_epoch + 1) * steps))
+            history = model.fit(feed,
                                 steps_per_epoch=steps - initial_step, shuffle=False,
                                 validation_data=validation, epochs=initial_epoch + 1,
                                 initial_epoch=initial_epoch, callbacks=callbacks,
@@ -213,7 +219,8 @@ def _train(recipe, *, fresh: bool, verbose: int | str, recipe_path: str | None,
             initial_epoch += 1
         if initial_epoch < epochs and not (interrupt.requested or nonfinite.failure):
             interrupt.start_step = 0
-            history = model.fit(data.train.dataset(initial_epoch * steps, epochs * steps),
+            feed = process_feed(data.train.dataset(initial_epoch * steps, epochs * steps))
+            history = model.fit(feed,
                                 steps_per_epoch=steps, shuffle=False, validation_data=validation,
                                 epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks,
                                 verbose=0)
@@ -247,7 +254,7 @@ def _train(recipe, *, fresh: bool, verbose: int | str, recipe_path: str | None,
     mode_check = check_inference_mode(recipe, model, data)
     if mode_check is not None:
         metrics["inference_check"] = mode_check
-        if mode_check["warning"]:
+        if mode_check["warning"] and is_chief():  # once, not from every process
             print(mode_check["warning"], file=sys.stderr, flush=True)
     previous = read_json(metrics_path)
     if not train_logs and previous.get("epochs") == done:

@@ -4,7 +4,8 @@ The device setups must be made before the backend starts (TensorFlow's logical d
 ``--xla_force_host_platform_device_count``), so the training comparisons run in child
 processes. Each child trains the tiny recipe one step without distribution and one step on two
 replicas of the same global batch, then resumes both runs from their checkpoints for a second
-step; the parent compares losses, metrics and weights.
+step; the parent compares losses, metrics and weights. JAX's ``data_parallel`` over two
+processes (127.0.0.1) is compared the same way with a one-device run, through the command.
 """
 
 from __future__ import annotations
@@ -12,9 +13,14 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,3 +198,153 @@ def test_data_parallel_two_devices_equal_one_device(tmp_path):
                          {"KERAS_BACKEND": "jax",
                           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
     _assert_same_training(tmp_path, figures, "data_parallel")
+
+
+# argv: the recipe file, the run directory, a folder for the records, then --set options.
+# Runs the command's main twice in this process: one epoch, then two (resuming from the first
+# one's checkpoint). The writing process keeps each run's metrics.json and last checkpoint;
+# every process records the rows it fed and the global arrays Keras made of them (equal
+# figures cannot tell a process's half from the whole batch fed twice).
+COMMAND_CHILD = textwrap.dedent("""
+    import json, os, shutil, sys
+    import keras  # quiet on JAX, and starts no device: the processes still join first
+    from keras.src.backend.jax import distribution_lib
+    from multiseg.train import main
+
+    recipe, run, kept, *options = sys.argv[1:]
+    fed, make = set(), distribution_lib.distribute_data_input
+
+    def record(rows, layout, batch_dim_name):
+        made = make(rows, layout, batch_dim_name)
+        fed.add((rows.shape[0], made.shape[0]))
+        return made
+
+    distribution_lib.distribute_data_input = record
+    for epochs in (1, 2):
+        code = main([recipe, "--output", run, "--quiet", "--set", f"train.epochs={epochs}",
+                     *options])
+        if code:
+            sys.exit(code)
+        if os.environ.get("KERAS_DISTRIBUTION_PROCESS_ID", "0") == "0":
+            shutil.copy(os.path.join(run, "metrics.json"),
+                        os.path.join(kept, f"metrics-{epochs}.json"))
+            shutil.copy(os.path.join(run, "checkpoints", f"epoch-{epochs:04d}.weights.h5"),
+                        os.path.join(kept, f"weights-{epochs}.h5"))
+    json.dump(sorted(fed), open(os.path.join(kept, "fed.json"), "w"))
+""")
+
+# XLA's cheapest CPU code generation: the same programs, compiled in a third of the time (the
+# threefry initialisers dominate this test); both sides of the comparison use it.
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _h5_arrays(path: str) -> dict[str, np.ndarray]:
+    """Every array of a Keras weights file (weights and optimizer state), by path."""
+    import h5py
+
+    found = {}
+    with h5py.File(path, "r") as stored:
+        stored.visititems(lambda name, item: found.__setitem__(name, np.asarray(item))
+                          if isinstance(item, h5py.Dataset) else None)
+    return found
+
+
+def _run_files(run_dir: str) -> list[str]:
+    """A run directory's files, event files by folder only (their names hold the time)."""
+    return sorted(os.path.relpath(os.path.join(folder, name), run_dir).split(".tfevents.")[0]
+                  for folder, _, names in os.walk(run_dir) for name in names)
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("jax"), reason="needs JAX")
+def test_data_parallel_two_processes_equal_one_device():
+    work = tempfile.mkdtemp(prefix="multiseg-two-processes-")
+    jobs: dict[str, subprocess.Popen] = {}
+    logs: dict[str, object] = {}
+    try:
+        recipe = os.path.join(work, "recipe.json")
+        with open(recipe, "w") as handle:
+            json.dump(_recipe(Path(work)), handle)
+        scratch = os.path.join(work, "tmp")  # where process 1 keeps its scratch run
+        os.makedirs(scratch)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KERAS_DISTRIBUTION_")}
+        env.update(KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3", TMPDIR=scratch,
+                   XLA_FLAGS=FAST_COMPILE)
+        cluster = {"KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{_free_port()}",
+                   "KERAS_DISTRIBUTION_NUM_PROCESSES": "2"}
+        parallel = ["--set", "train.distribute=data_parallel"]
+        runs = {"single": ({}, []),  # one process, one device: distribute none
+                "process-0": ({**cluster, "KERAS_DISTRIBUTION_PROCESS_ID": "0"}, parallel),
+                "process-1": ({**cluster, "KERAS_DISTRIBUTION_PROCESS_ID": "1"}, parallel)}
+        for name, (extra, options) in runs.items():
+            run_dir = os.path.join(work, "single" if name == "single" else "parallel")
+            kept = os.path.join(work, f"kept-{name}")
+            os.makedirs(kept)
+            logs[name] = open(os.path.join(work, f"{name}.log"), "w+")
+            jobs[name] = subprocess.Popen(
+                [sys.executable, "-c", COMMAND_CHILD, recipe, run_dir, kept, *options],
+                cwd=ROOT, env={**env, **extra}, stdout=logs[name], stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 360  # a hung collective must not hang the suite
+        for name, job in jobs.items():
+            try:
+                job.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"{name} still running after the time limit:\n{_tail(logs[name])}")
+        for name, job in jobs.items():
+            assert job.returncode == 0, f"{name} exited {job.returncode}:\n{_tail(logs[name])}"
+        _assert_same_command_runs(work)
+        # Each process fed 4 rows of each global batch of 8 (training and validation alike).
+        for name in ("process-0", "process-1"):
+            fed = json.loads(Path(work, f"kept-{name}", "fed.json").read_text())
+            assert fed == [[4, 8]], name
+        # Process 0 alone wrote the run directory: what one process writes, no more (two
+        # event files per folder: one per run); process 1's scratch copy is gone.
+        assert _run_files(os.path.join(work, "parallel")) == \
+            _run_files(os.path.join(work, "single"))
+        assert os.listdir(scratch) == []
+        printed = {name: _tail(logs[name], 100_000) for name in jobs}
+        assert printed["process-0"].count("run directory: ") == 2
+        assert "run directory: " not in printed["process-1"]
+    finally:
+        for job in jobs.values():
+            if job.poll() is None:
+                job.kill()
+                job.wait()
+        for handle in logs.values():
+            handle.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _tail(handle, size: int = 3000) -> str:
+    handle.flush()
+    handle.seek(0)
+    return handle.read()[-size:]
+
+
+def _assert_same_command_runs(work: str) -> None:
+    """The records of the one-device run and of process 0, after one epoch and after the
+    resumed second: figures to 1e-5 relative, weights and optimizer state to 1e-5 absolute,
+    as in ``_assert_same_training``."""
+    for epochs in (1, 2):
+        single, split = (json.loads(Path(work, f"kept-{name}", f"metrics-{epochs}.json")
+                                    .read_text()) for name in ("single", "process-0"))
+        assert single["epochs"] == split["epochs"] == epochs
+        one = _flat({"train": single["train"], "val": single["val"]})
+        two = _flat({"train": split["train"], "val": split["val"]})
+        assert one.keys() == two.keys() and len(one) > 20
+        for key in one:
+            assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), (epochs, key)
+        a, b = (_h5_arrays(os.path.join(work, f"kept-{name}", f"weights-{epochs}.h5"))
+                for name in ("single", "process-0"))
+        assert a.keys() == b.keys() and len(a) > 50
+        for key in a:
+            np.testing.assert_allclose(b[key], a[key], atol=1e-5, rtol=0, err_msg=key)
+    # Not trivially equal: the resumed step moved the weights.
+    first, second = (_h5_arrays(os.path.join(work, "kept-process-0", f"weights-{epochs}.h5"))
+                     for epochs in (1, 2))
+    assert max(float(np.max(np.abs(first[k] - second[k]))) for k in first if first[k].size) > 1e-3

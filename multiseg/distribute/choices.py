@@ -20,6 +20,7 @@ What makes one step on N replicas equal one device on the whole batch:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 
@@ -63,6 +64,16 @@ def backend_problem(name: str, backend: str) -> str | None:
              else f"the {backend} backend has no distribution engine in multiseg: use none")
     return (f"{name} ({choice.engine}) needs the {' or '.join(choice.backends)} backend, and"
             f" Keras runs on {backend}; {offer} (KERAS_BACKEND picks the backend)")
+
+
+def joins_processes(name: str) -> bool:
+    """Whether ``train.distribute: name`` joins other processes in this environment: JAX's
+    ``data_parallel`` with Keras's ``KERAS_DISTRIBUTION_NUM_PROCESSES`` above 1, or
+    ``multi_worker`` (its cluster from ``TF_CONFIG``)."""
+    if name == "multi_worker":
+        return True
+    count = os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "").strip()
+    return name == "data_parallel" and count not in ("", "0", "1")
 
 
 def recipe_problems(recipe) -> list[tuple[str, str]]:
