@@ -27,7 +27,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from multiseg.weighting.state import ADAM_BETA_1, ADAM_BETA_2, ADAM_EPSILON, LossWeighting
+from multiseg.weighting.state import LossWeighting
 
 # Added to the diagonal of the trace-normalised Gram matrix before UPGrad's projection
 # (torchjd's default): gradients that are (nearly) linearly dependent leave G singular.
@@ -210,10 +210,7 @@ class GradNormWeights(GradientWeighting):
         self.alpha = float(alpha)
         self.learning_rate = float(learning_rate)
         k = len(self.active)
-        self.logits = self._counter("logits", shape=(k,))
-        self.adam_m = self._counter("adam_m", shape=(k,))
-        self.adam_v = self._counter("adam_v", shape=(k,))
-        self.adam_steps = self._counter("adam_steps")
+        self._add_adam_logits(k)
         self.initial_losses = self._counter("initial_losses", shape=(k,))
         self.has_initial = self._counter("has_initial")
         self.layer_name: str | None = None  # set by the model when it knows its graph
@@ -237,16 +234,7 @@ class GradNormWeights(GradientWeighting):
         losses = ops.where(self.initial_losses.value > 0, raw, 1.0)
         grad = gradnorm_gradient(ops.convert_to_tensor(self.logits), norms, losses, initial,
                                  priors, self.alpha)
-        t = self.adam_steps.value + 1.0
-        m = ADAM_BETA_1 * self.adam_m.value + (1 - ADAM_BETA_1) * grad
-        v = ADAM_BETA_2 * self.adam_v.value + (1 - ADAM_BETA_2) * grad * grad
-        m_hat = m / (1 - ops.power(ADAM_BETA_1, t))
-        v_hat = v / (1 - ops.power(ADAM_BETA_2, t))
-        self.logits.assign(self.logits.value
-                           - self.learning_rate * m_hat / (ops.sqrt(v_hat) + ADAM_EPSILON))
-        self.adam_m.assign(m)
-        self.adam_v.assign(v)
-        self.adam_steps.assign(t)
+        self._adam_step(grad)
 
 
 GRADIENT_WEIGHTINGS: dict[str, type[GradientWeighting]] = {

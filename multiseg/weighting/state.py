@@ -69,6 +69,32 @@ class LossWeighting(keras.layers.Layer):
         return self.add_weight(shape=shape, initializer="zeros", trainable=False, name=name,
                                dtype=dtype)
 
+    def _add_adam_logits(self, size: int) -> None:
+        """Logits with an Adam state of their own (FAMO, GradNorm): stepped by hand, inside
+        the training step, never by the model's optimizer."""
+        self.logits = self._counter("logits", shape=(size,))
+        self.adam_m = self._counter("adam_m", shape=(size,))
+        self.adam_v = self._counter("adam_v", shape=(size,))
+        self.adam_steps = self._counter("adam_steps")
+
+    def _adam_step(self, grad, apply=True):
+        """The logits after one Adam step (torch's) on ``grad`` with ``self.learning_rate``,
+        stored; where ``apply`` (a boolean tensor) is false, state and logits stay."""
+        t = self.adam_steps.value + ops.cast(apply, "float32")
+        m = ADAM_BETA_1 * self.adam_m.value + (1 - ADAM_BETA_1) * grad
+        v = ADAM_BETA_2 * self.adam_v.value + (1 - ADAM_BETA_2) * grad * grad
+        safe_t = ops.maximum(t, 1.0)
+        m_hat = m / (1 - ops.power(ADAM_BETA_1, safe_t))
+        v_hat = v / (1 - ops.power(ADAM_BETA_2, safe_t))
+        logits = ops.where(apply, self.logits.value
+                           - self.learning_rate * m_hat / (ops.sqrt(v_hat) + ADAM_EPSILON),
+                           self.logits.value)
+        self.logits.assign(logits)
+        self.adam_m.assign(ops.where(apply, m, self.adam_m.value))
+        self.adam_v.assign(ops.where(apply, v, self.adam_v.value))
+        self.adam_steps.assign(t)
+        return logits
+
     # -- the rule ---------------------------------------------------------------------------
 
     def step_weights(self, raw):
@@ -213,10 +239,7 @@ class FastAdaptiveWeights(LossWeighting):
         self.learning_rate = float(learning_rate)
         self.decay = float(decay)
         k = len(self.active)
-        self.logits = self._counter("logits", shape=(k,))
-        self.adam_m = self._counter("adam_m", shape=(k,))
-        self.adam_v = self._counter("adam_v", shape=(k,))
-        self.adam_steps = self._counter("adam_steps")
+        self._add_adam_logits(k)
         self.previous_log_losses = self._counter("previous_log_losses", shape=(k,))
         self.has_previous = self._counter("has_previous")
 
@@ -226,19 +249,7 @@ class FastAdaptiveWeights(LossWeighting):
         z = ops.softmax(xi)
         delta = self.previous_log_losses.value - log_losses
         grad = z * (delta - ops.sum(z * delta)) + self.decay * xi
-        update = self.has_previous.value > 0
-        t = self.adam_steps.value + ops.cast(update, "float32")
-        m = ADAM_BETA_1 * self.adam_m.value + (1 - ADAM_BETA_1) * grad
-        v = ADAM_BETA_2 * self.adam_v.value + (1 - ADAM_BETA_2) * grad * grad
-        safe_t = ops.maximum(t, 1.0)
-        m_hat = m / (1 - ops.power(ADAM_BETA_1, safe_t))
-        v_hat = v / (1 - ops.power(ADAM_BETA_2, safe_t))
-        xi = ops.where(update, xi - self.learning_rate * m_hat / (ops.sqrt(v_hat) + ADAM_EPSILON),
-                       xi)
-        self.logits.assign(xi)
-        self.adam_m.assign(ops.where(update, m, self.adam_m.value))
-        self.adam_v.assign(ops.where(update, v, self.adam_v.value))
-        self.adam_steps.assign(t)
+        xi = self._adam_step(grad, apply=self.has_previous.value > 0)
         self.previous_log_losses.assign(log_losses)
         self.has_previous.assign(1.0)
         z = ops.softmax(xi)
