@@ -140,14 +140,17 @@ class TestKillAndResume:
         _assert_matches_uninterrupted_run(tmp_path, raw, _val(raw["output"]))
 
 
-# Every stateful train.weighting: its state (counters, running means, generator, learned
-# parameters) must come back from the checkpoint exactly, or the resumed weights drift.
+# Every stateful train.weighting: its state (counters, running means, generators, learned
+# parameters, Adam moments) must come back from the checkpoint exactly, or the resumed
+# weights drift.
 STATEFUL_WEIGHTINGS = [
     {"method": "scheduled", "heads": {"shape": {"initial": 0.0, "end": 3}}},
     {"method": "uncertainty"},
     {"method": "dwa", "temperature": 0.5},
     {"method": "rlw"},
     {"method": "famo"},
+    {"method": "pcgrad"},  # its random order of projections
+    {"method": "gradnorm", "alpha": 1.0},
 ]
 
 
