@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -95,3 +96,14 @@ def test_options_are_checked():
     raw["train"]["jit_compile"] = "xla"
     with pytest.raises(RecipeError, match="train.jit_compile: expected auto, true or false"):
         from_dict(raw)
+
+
+def test_preview_colours_take_float16_logits():
+    # A mixed_float16 model predicts float16 logits; exp(20) overflows float16 (max 65504).
+    from multiseg.callbacks.pictures import colour_prediction
+
+    logits = np.array([[-20.0, 0.0, 20.0]], np.float16)[..., None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        grey = colour_prediction(logits)
+    np.testing.assert_allclose(grey[0, :, 0], [2.06e-9, 0.5, 1.0], rtol=1e-2, atol=1e-9)

@@ -26,7 +26,8 @@ def colour_target(target: np.ndarray, channels: int) -> np.ndarray:
 def colour_prediction(logits: np.ndarray) -> np.ndarray:
     """Class colours for a multi-class map, grey levels of the probability for one channel."""
     if logits.shape[-1] == 1:
-        prob = 1 / (1 + np.exp(-logits[..., 0]))
+        # float32 and clipped: a mixed_float16 model's logits of -12 overflow exp in float16.
+        prob = 1 / (1 + np.exp(-np.clip(logits[..., 0].astype(np.float32), -60.0, 60.0)))
         return np.repeat(prob[..., None], 3, axis=-1)
     classes = np.argmax(logits, axis=-1)
     return _PALETTE[classes % len(_PALETTE)]
