@@ -86,8 +86,9 @@ def _val(run_dir):
         return json.load(handle)["val"]
 
 
-def _assert_matches_uninterrupted_run(tmp_path, raw, resumed) -> None:
-    """Trains the same recipe without interruption in its own directory and compares.
+def _assert_matches_uninterrupted_run(tmp_path, raw, resumed, figures=("loss",)) -> None:
+    """Trains the same recipe without interruption in its own directory and compares each
+    head's ``figures``.
 
     Same batches (a function of seed, epoch and step), same restored weights, optimizer and
     dropout generator state, op determinism on: the results agree to float32 round-off.
@@ -98,7 +99,9 @@ def _assert_matches_uninterrupted_run(tmp_path, raw, resumed) -> None:
     assert _run(tmp_path, straight_path).returncode == 0
     straight = _val(raw["output"])
     for head in ("mask", "boundary", "shape"):
-        assert resumed[head]["loss"] == pytest.approx(straight[head]["loss"], rel=1e-4)
+        for figure in figures:
+            assert resumed[head][figure] == pytest.approx(straight[head][figure], rel=1e-4), (
+                head, figure)
 
 
 class TestKillAndResume:
@@ -164,17 +167,9 @@ def test_killed_weighted_run_resumes_exactly(tmp_path, tiny_raw, weighting):
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert _state(tiny_raw["output"])["epoch"] == 1
     assert _run(tmp_path, path).returncode == 0
-    resumed = _val(tiny_raw["output"])
-    straight_raw = {**tiny_raw, "output": str(tmp_path / "straight")}
-    straight_path = tmp_path / "straight.yaml"
-    straight_path.write_text(yaml.safe_dump(straight_raw, sort_keys=False))
-    assert _run(tmp_path, straight_path).returncode == 0
-    straight = _val(straight_raw["output"])
     # weighted_loss = the final effective weight x the raw loss: both must agree.
-    for head in ("mask", "boundary", "shape"):
-        for figure in ("loss", "weighted_loss"):
-            assert resumed[head][figure] == pytest.approx(straight[head][figure], rel=1e-4), (
-                head, figure)
+    _assert_matches_uninterrupted_run(tmp_path, tiny_raw, _val(tiny_raw["output"]),
+                                      figures=("loss", "weighted_loss"))
 
 
 class _PoisonHead(keras.callbacks.Callback):
