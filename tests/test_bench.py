@@ -299,3 +299,29 @@ def _has(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
+
+
+class TestStartup:
+    def test_times_every_stage_up_to_the_second_step(self, tmp_path):
+        import subprocess
+        import time
+
+        path = tmp_path / "startup.json"
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, os.path.join(REPO, "tools", "bench", "startup.py"), SHAPES,
+             *[arg for override in [*SMALL, "data.train=24"] for arg in ("--set", override)],
+             "--json", str(path)], capture_output=True, text=True, timeout=300)
+        wall = time.perf_counter() - started
+        assert done.returncode == 0, done.stderr[-2000:]
+        out = json.loads(path.read_text())
+        import startup
+
+        stages = out["stages"]
+        # Every trainer step was wrapped and ran once (a renamed one would stop the script).
+        assert {label for _, label in startup.TRAINER_STAGES} <= set(stages)
+        assert all(seconds >= 0 for seconds in stages.values())
+        first = stages["first training step (tracing, compilation, first batch)"]
+        assert first > out["steady_step"] > 0
+        assert 0 < out["to_second_step"] < sum(stages.values()) <= wall
+        assert "first step =" in done.stdout

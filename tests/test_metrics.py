@@ -25,6 +25,7 @@ from multiseg.metrics import (
     build_metric,
     metric_options,
 )
+from multiseg.metrics.base import argmax_one_hot
 from multiseg.models.build import build_model, compile_model, head_losses, head_metrics
 
 TOL = 1e-6
@@ -81,6 +82,31 @@ ZM = f32(np.eye(3)[[0, 2, 2, 1, 1, 0]][None] * 3.0 - 1.0)
 YT = f32([[[0], [1], [0], [1]]])
 PT = f32([[[0.69], [0.71], [0.2], [0.4]]])
 ZT = f32(np.log(PT / (1 - PT)))
+
+
+class TestArgmaxOneHot:
+    """The hard decision of a softmax output: one_hot(argmax) written as a comparison chain up
+    to 8 channels, NumPy's argmax beyond."""
+
+    @pytest.mark.parametrize("channels", [2, 3, 4, 8, 9, 12])
+    def test_equals_numpy_argmax_with_ties(self, channels):
+        rng = np.random.default_rng(channels)
+        # Values from a few levels: many pixels have ties, where the first channel wins.
+        x = rng.integers(0, 3, size=(3, 7, 5, channels)).astype("float32")
+        got = keras.ops.convert_to_numpy(argmax_one_hot(keras.ops.convert_to_tensor(x)))
+        assert np.array_equal(got, np.eye(channels, dtype="float32")[np.argmax(x, axis=-1)])
+
+    def test_labels_and_one_hot_targets_give_the_same_counts(self):
+        rng = np.random.default_rng(3)
+        labels = rng.integers(0, 4, size=(2, 6, 5))
+        logits = f32(rng.normal(size=(2, 6, 5, 4)))
+        soft = np.eye(4)[labels] * 0.9 + 0.025  # label-smoothed one-hot: argmax is the label
+        from_labels, from_soft = DiceScore(4), DiceScore(4)
+        from_labels.update_state(f32(labels), logits)
+        from_soft.update_state(f32(soft), logits)
+        for name in ("tp", "fp", "fn"):
+            assert np.array_equal(keras.ops.convert_to_numpy(getattr(from_labels, name)),
+                                  keras.ops.convert_to_numpy(getattr(from_soft, name)))
 
 
 class TestDiceScore:

@@ -29,9 +29,12 @@ class _ConfusionMetric(ClassMetric):
         else:
             g_w, h_w = g, h
         axes = tuple(range(len(h.shape) - 1))
-        self.tp.assign_add(ops.sum(h_w * g, axis=axes))
-        self.fp.assign_add(ops.sum(h_w * (1.0 - g), axis=axes))
-        self.fn.assign_add(ops.sum((1.0 - h) * g_w, axis=axes))
+        # FP = sum(h w) - TP and FN = sum(g w) - TP: one product over the batch, not three;
+        # clipped at 0 against float rounding of weighted sums.
+        tp = ops.sum(h_w * g, axis=axes)
+        self.tp.assign_add(tp)
+        self.fp.assign_add(ops.maximum(ops.sum(h_w, axis=axes) - tp, 0.0))
+        self.fn.assign_add(ops.maximum(ops.sum(g_w, axis=axes) - tp, 0.0))
 
     def _empty(self) -> Any:
         return (self.tp + self.fp + self.fn) == 0
