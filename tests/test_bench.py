@@ -272,7 +272,8 @@ class TestRace:
                 [str(blocked.parent), *filter(None, [os.environ.get("PYTHONPATH")])]))
         monkeypatch.setenv("KERAS_BACKEND", backend)  # the contenders' processes read it
         tensorflow = backend == "tensorflow"
-        contenders = "multiseg,keras" + (",torch" if tensorflow and _has("torch") else "")
+        contenders = ("multiseg,keras" + (",multiseg-model" if tensorflow else "")
+                      + (",torch" if tensorflow and _has("torch") else ""))
         path = tmp_path / "step.json"
         code = step.main(["--size", "16", "--batch", "2", "--steps", "2", "--repeats", "2",
                           "--warmup", "1", "--gradflow-repeats", "1", "--contenders",

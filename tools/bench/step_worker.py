@@ -3,6 +3,7 @@
     python tools/bench/step_worker.py CONFIG.json
 
 Contenders: ``multiseg`` (``multiseg.train.train`` with its data pipeline and callbacks),
+``multiseg-model`` (multiseg's compiled model, ``fit`` on two of its batches in memory),
 ``keras`` (``handmade_keras``: ``fit`` on two batches in memory), ``torch`` and
 ``torch-compiled`` (``handmade_torch``: a plain training loop, eager or with the forward pass
 and losses under ``torch.compile``).
@@ -216,6 +217,32 @@ def run_multiseg(config: dict) -> None:
     train(recipe, verbose=0, extra_callbacks=[clock])
 
 
+def run_multiseg_model(config: dict) -> None:
+    import dataclasses
+
+    import multiseg  # noqa: F401  (first: it quiets TensorFlow before Keras loads)
+    from multiseg.startup import import_keras
+
+    keras = import_keras()
+    from multiseg import recipe as recipe_lib
+    from multiseg.data import build_data
+    from multiseg.models.build import build_model, compile_model
+    from multiseg.trainer import dtype_policy
+
+    recipe = recipe_lib.load(config["recipe"], config["overrides"])
+    recipe = dataclasses.replace(recipe, output=config["output"])
+    blocks = Blocks(config, keras.backend.backend())
+    blocks.imported()
+    data = build_data(recipe, frequencies=False, log_report=False)
+    with dtype_policy(recipe.train.precision):
+        model = build_model(recipe, channels=data.channels)
+    compile_model(model, recipe, total_steps=planned(config))
+    batches = [data.train.global_batch(step) for step in range(2)]
+    blocks.info = lambda: keras_info(model)
+    model.fit(feed(batches, keras.backend.backend()), steps_per_epoch=planned(config),
+              epochs=1, verbose=0, callbacks=[clock_callback(blocks)])
+
+
 def run_keras(config: dict) -> None:
     import handmade
     import handmade_keras
@@ -311,6 +338,7 @@ def run_torch(config: dict, *, compiled: bool) -> None:
 
 CONTENDERS = {
     "multiseg": run_multiseg,
+    "multiseg-model": run_multiseg_model,
     "keras": run_keras,
     "torch": lambda config: run_torch(config, compiled=False),
     "torch-compiled": lambda config: run_torch(config, compiled=True),
