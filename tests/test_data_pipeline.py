@@ -161,8 +161,13 @@ class TestPipeline:
                 np.testing.assert_array_equal(a[1][head], b[1][head])
         assert not np.array_equal(data.train.batch(1, 0)[0], data.train.batch(2, 0)[0])
 
-    @pytest.mark.parametrize("pipeline", ["tf.data", "threads"])
-    def test_pipelines_give_the_same_batches(self, data, pipeline):
+    @pytest.mark.parametrize("pipeline,chunk", [("tf.data", 1), ("tf.data", 2), ("tf.data", 8),
+                                                ("threads", None)])
+    def test_pipelines_give_the_same_batches(self, data, pipeline, chunk, monkeypatch):
+        if chunk is not None:  # steps made per call into Python: 5 steps are 2 + 2 + 1
+            from multiseg.data import feeds
+
+            monkeypatch.setattr(feeds, "CHUNK_STEPS", chunk)
         steps = len(data.train)
         start, stop = steps - 2, steps + 3  # across an epoch boundary
         if pipeline == "tf.data":
@@ -177,6 +182,25 @@ class TestPipeline:
             for head in want_y:
                 np.testing.assert_array_equal(y[head], want_y[head])
                 assert y[head].dtype == want_y[head].dtype
+
+    def test_a_short_last_batch_comes_alone(self):
+        from multiseg.data import Batches, HeadTarget
+
+        rng = np.random.default_rng(0)
+        samples = {"image": rng.random((10, 8, 8, 1), np.float32),
+                   "mask": rng.integers(0, 2, (10, 8, 8)).astype(np.uint8)}
+        batches = Batches(samples, [HeadTarget("mask", "mask", None)], batch_size=4,
+                          shuffle=False, augment={"flip": True}, seed=0)
+        assert batches.varies and not batches.full  # 10 samples: 4, 4, 2
+        got = list(batches.dataset(0, 6, pipeline="tf.data"))
+        assert [len(x) for x, _ in got] == [4, 4, 2, 4, 4, 2]
+        for step, (x, y) in enumerate(got):
+            want_x, want_y = batches.global_batch(step)
+            np.testing.assert_array_equal(x.numpy(), want_x)
+            np.testing.assert_array_equal(y["mask"].numpy(), want_y["mask"])
+        shuffled = Batches(samples, [HeadTarget("mask", "mask", None)], batch_size=4,
+                           shuffle=True, augment=None, seed=0)
+        assert shuffled.full and {len(shuffled.global_batch(s)[0]) for s in range(6)} == {4}
 
     def test_validation_is_fixed_and_cached(self, data):
         assert not data.val.varies

@@ -104,6 +104,12 @@ class Batches:
         """Whether batches change from epoch to epoch (order, crops or augmentation)."""
         return self.shuffle or self.augment is not None or isinstance(self.samples, RandomCrops)
 
+    @property
+    def full(self) -> bool:
+        """Whether every batch has ``batch_size`` samples (a shuffled epoch covers its steps
+        in full; an unshuffled one may end with a short batch)."""
+        return self.shuffle or self.steps * self.batch_size <= self.count
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
