@@ -594,6 +594,15 @@ def test_recipe_trains_with_grad_scale(tmp_path, method):
     # negative multiples, UPGrad's v >= e_i.
     implied = keras.ops.convert_to_numpy(result.model.loss_weighting.trunk_weights)
     assert np.all(implied >= np.array([1.0, 0.5, 0.2]) * (1 - 1e-6))
+    # TensorBoard has them: the last epoch's <head>/trunk_weight is the final step's.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(os.path.join(result.run_dir, "logs", "train"),
+                              size_guidance={"tensors": 0})
+    events.Reload()
+    for head, value in zip(("mask", "boundary", "shape"), implied, strict=True):
+        last = events.Tensors(f"{head}/trunk_weight")[-1]
+        assert last.tensor_proto.float_val[0] == pytest.approx(float(value), rel=1e-6)
     saved = load_model(os.path.join(result.run_dir, "model.keras"))
     assert type(saved).__name__ == "Functional"
     # pcgrad and upgrad keep the recipe's loss weights as the objective (and in model.keras).

@@ -10,7 +10,7 @@ import numpy as np
 
 from multiseg.callbacks.pictures import colour_prediction, colour_target, to_rgb
 from multiseg.tblog import SummaryWriter
-from multiseg.weighting.model import current_weights
+from multiseg.weighting.model import current_trunk_weights, current_weights
 
 
 def split_log_key(key: str, heads) -> tuple[str, str]:
@@ -122,6 +122,8 @@ class TensorBoardLogs(keras.callbacks.Callback):
         if self.weights_every and self.step % self.weights_every == 0:
             for head, weight in (current_weights(self.model) or {}).items():
                 self.writer("train").scalar(f"step/{head}/loss_weight", weight, self.step)
+            for head, weight in (current_trunk_weights(self.model) or {}).items():
+                self.writer("train").scalar(f"step/{head}/trunk_weight", weight, self.step)
         if self.every_steps and logs and self.step % self.every_steps == 0:
             writer = self.writer("train")
             for key, value in logs.items():
@@ -140,6 +142,8 @@ class TensorBoardLogs(keras.callbacks.Callback):
             target.scalar(f"{group}/{name}", float(value), step)
         for head, weight in (current_weights(self.model) or self.loss_weights).items():
             train.scalar(f"{head}/loss_weight", weight, step)
+        for head, weight in (current_trunk_weights(self.model) or {}).items():
+            train.scalar(f"{head}/trunk_weight", weight, step)
         if self.preview is not None:
             self._write_preview(val, step)
         for writer in self.writers.values():

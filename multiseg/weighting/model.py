@@ -112,10 +112,24 @@ def current_weights(model: keras.Model) -> dict[str, float] | None:
     layer = getattr(model, "loss_weighting", None)
     if not isinstance(layer, LossWeighting):
         return None
+    return _per_head(model, layer.heads, layer.loss_weights)
+
+
+def current_trunk_weights(model: keras.Model) -> dict[str, float] | None:
+    """``pcgrad`` and ``upgrad``: the implied per-head weights of the last step's trunk
+    update (``alpha_h c_h``); None for every other model."""
+    layer = getattr(model, "loss_weighting", None)
+    trunk = getattr(layer, "trunk_weights", None)
+    if trunk is None:
+        return None
+    return _per_head(model, layer.heads, trunk)
+
+
+def _per_head(model: keras.Model, heads, variable) -> dict[str, float]:
     if keras.backend.backend() == "jax" and hasattr(model, "jax_state_sync"):
         model.jax_state_sync()  # during fit, the live values are in the trainer's state
-    values = np.asarray(keras.ops.convert_to_numpy(layer.loss_weights), np.float64)
-    return {h: float(v) for h, v in zip(layer.heads, values, strict=True)}
+    values = np.asarray(keras.ops.convert_to_numpy(variable), np.float64)
+    return {h: float(v) for h, v in zip(heads, values, strict=True)}
 
 
 def network(model: keras.Model) -> keras.Model:
