@@ -7,7 +7,8 @@
 #                                    # per run, and gpu.log with every table
 #
 # Environment: BENCH_SIZES ("256 512"), BENCH_PRECISIONS ("float32 bfloat16"), BENCH_BATCH (8),
-# BENCH_STEPS (20), BENCH_REPEATS (3), BENCH_WARMUP (3); BENCH_QUICK=1 for tiny sizes that
+# BENCH_STEPS (20), BENCH_REPEATS (3), BENCH_WARMUP (3), BENCH_CONTENDERS (step.py's default;
+# e.g. multiseg,multiseg-model,keras to split a gap); BENCH_QUICK=1 for tiny sizes that
 # check on any machine that it runs. PYTHON picks the interpreter (default python3). Keras is
 # not on that machine: wheels in .whl/ at the repository root (docs/performance.md says which)
 # are installed under /tmp/site first. One failed run does not stop the others; the exit
@@ -43,6 +44,7 @@ for precision in ${BENCH_PRECISIONS:-float32 bfloat16}; do
     extra=()
     # A snapshot's cost hardly depends on the precision: measured in float32 only.
     [[ "$precision" == bfloat16 ]] && extra=(--no-gradflow)
+    [[ -n "${BENCH_CONTENDERS:-}" ]] && extra+=(--contenders "$BENCH_CONTENDERS")
     echo "== $name ($((SECONDS - started)) s so far)" | tee -a "$log"
     "$python" "$here/step.py" --size "$size" --batch "$batch" --steps "$steps" \
       --repeats "$repeats" --warmup "$warmup" --precision "$precision" "${extra[@]}" \
