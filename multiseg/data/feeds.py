@@ -11,6 +11,7 @@ import collections
 from concurrent.futures import ThreadPoolExecutor
 
 import keras
+import numpy as np
 
 
 def stream_steps(batches, start: int, stop: int, *, workers: int = 2):
@@ -74,7 +75,6 @@ def tf_dataset(batches, start: int, stop: int):
     """Global steps ``start..stop`` as a ``tf.data`` pipeline: a parallel map over chunks of
     steps (a few made per call into Python), split into steps, cached when the batches never
     change, prefetched."""
-    import numpy as np
     import tensorflow as tf
 
     heads = [t.head for t in batches.head_targets]

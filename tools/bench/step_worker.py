@@ -218,8 +218,6 @@ def run_multiseg(config: dict) -> None:
 
 
 def run_multiseg_model(config: dict) -> None:
-    import dataclasses
-
     import multiseg  # noqa: F401  (first: it quiets TensorFlow before Keras loads)
     from multiseg.startup import import_keras
 
@@ -229,8 +227,7 @@ def run_multiseg_model(config: dict) -> None:
     from multiseg.models.build import build_model, compile_model
     from multiseg.trainer import dtype_policy
 
-    recipe = recipe_lib.load(config["recipe"], config["overrides"])
-    recipe = dataclasses.replace(recipe, output=config["output"])
+    recipe = recipe_lib.load(config["recipe"], config["overrides"])  # writes no run directory
     blocks = Blocks(config, keras.backend.backend())
     blocks.imported()
     data = build_data(recipe, frequencies=False, log_report=False)
