@@ -322,6 +322,20 @@ def _compiler() -> str:
     return "torch.compile" if keras.backend.backend() == "torch" else "XLA"
 
 
+def _cache_line() -> list[str]:
+    """Where JAX keeps the programs it compiles, on JAX (``multiseg.startup.compile_cache``)."""
+    import keras
+
+    from multiseg.startup import COMPILE_CACHE_ENV, compile_cache
+
+    if keras.backend.backend() != "jax":
+        return []
+    path = compile_cache()
+    if path is None:
+        return [f"compiled programs: not cached ({COMPILE_CACHE_ENV}=DIR keeps them)"]
+    return [f"compiled programs: cached in {path}"]
+
+
 def describe(recipe, model: keras.Model, data, recipe_path: str | None = None) -> str:
     """The start-up summary: data, trunk, and per head its target, loss terms and weights."""
     from multiseg.models.build import head_losses, loss_terms, parameter_counts
@@ -338,6 +352,7 @@ def describe(recipe, model: keras.Model, data, recipe_path: str | None = None) -
         f" {recipe.train.epochs} epochs, {recipe.train.precision}, {_compiler()}"
         f" {'on' if model.jit_compile else 'off'}"
         + (" (jit_compile: auto)" if recipe.train.jit_compile == "auto" else ""),
+        *_cache_line(),
         f"trunk: unet {list(recipe.model.filters)}, norm {recipe.model.norm}, "
         f"{counts['shared']:,} params (shared)",
         "heads:",

@@ -11,11 +11,13 @@ write back every line that is not one of these known notices: real errors still 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
+import socket
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import multiseg
 
@@ -62,6 +64,7 @@ def import_keras(*, verbose: bool = False):
         import keras
 
         _start_devices(keras)
+    compile_cache()
     return keras
 
 
@@ -103,3 +106,124 @@ def _filtered_stderr() -> Iterator[None]:
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# JAX's persistent compilation cache.
+
+COMPILE_CACHE_ENV = "MULTISEG_COMPILE_CACHE"
+_OFF = frozenset({"off", "0", "false", "no", "none"})
+# The default cache's size limit: past it JAX drops the least recently used programs (its
+# eviction needs the filelock package; without it the cache is not limited).
+COMPILE_CACHE_LIMIT_BYTES = 4 * 2**30
+_chosen: dict[str, str | None] = {}
+
+
+def default_cache_dir(environ: Mapping[str, str] = os.environ) -> str:
+    """``$XDG_CACHE_HOME/multiseg/jax/<host>`` (``~/.cache`` without it). One folder per host:
+    a home folder shared by several machines would otherwise share native CPU programs
+    compiled for another processor."""
+    root = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "multiseg", "jax", socket.gethostname() or "host")
+
+
+def compile_cache(*, backend: str | None = None, platform: str | None = None,
+                  environ: Mapping[str, str] = os.environ) -> str | None:
+    """Turns on JAX's persistent compilation cache, so that a run started again (a resumed
+    run, the next recipe, ``evaluate``) loads the programs an earlier one compiled instead of
+    compiling them: the model's initializers, the training and test steps. Returns the cache
+    folder, or None where there is none; decided once per process.
+
+    ``MULTISEG_COMPILE_CACHE``: unset or ``auto``, a cache under :func:`default_cache_dir` on a
+    GPU or TPU and none on a CPU (JAX is not the CPU training path, and on some processors
+    JAX rejects its own cached CPU programs, logging an error for each); a folder, that
+    folder on any device; ``off``, none. A folder already given to JAX
+    (``JAX_COMPILATION_CACHE_DIR``) is kept as it is. Other backends: nothing to do.
+
+    The cache is trusted code: keep it in a folder only you can write to (JAX's warning).
+    """
+    backend = backend or _backend()
+    if backend != "jax":
+        return None
+    if "choice" in _chosen:
+        return _chosen["choice"]
+    import jax
+
+    own = jax.config.jax_compilation_cache_dir
+    if own:
+        _chosen["choice"] = own
+        return own
+    setting = environ.get(COMPILE_CACHE_ENV, "").strip()
+    if setting.lower() in _OFF:
+        path = None
+    elif setting and setting.lower() != "auto":
+        path = os.path.abspath(os.path.expanduser(setting))
+    elif (platform or jax.default_backend()) in ("gpu", "cuda", "rocm", "tpu"):
+        path = default_cache_dir(environ)
+    else:
+        path = None
+    if path is not None:
+        try:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            print(f"multiseg: no compilation cache: cannot create {path} ({exc.strerror});"
+                  f" set {COMPILE_CACHE_ENV} to another folder, or to off", file=sys.stderr)
+            path = None
+    if path is not None:
+        jax.config.update("jax_compilation_cache_dir", path)
+        # Every program, however quick to compile: the model's initializers are many small
+        # ones, which on JAX take most of a model's first build.
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        if importlib.util.find_spec("filelock") is not None:
+            jax.config.update("jax_compilation_cache_max_size", COMPILE_CACHE_LIMIT_BYTES)
+    _chosen["choice"] = path
+    return path
+
+
+def _backend() -> str | None:
+    if "keras" not in sys.modules:
+        return None
+    import keras
+
+    return keras.backend.backend()
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeding.
+
+
+@contextlib.contextmanager
+def tensorflow_left_out() -> Iterator[None]:
+    """While the block runs, Keras takes TensorFlow for not installed, on a backend other than
+    TensorFlow where nothing has imported it yet.
+
+    Keras imports TensorFlow wherever it is installed to seed it (``set_random_seed``) and to
+    ask whether an object being saved is one of its types (``model.save``), whatever the
+    backend: on JAX or PyTorch that costs 1 to 3 s, about 430 MB and TensorFlow's start-up
+    notices, for a TensorFlow that nothing then uses (multiseg feeds those backends without
+    ``tf.data``). Elsewhere, or with another Keras, the block runs as it is.
+    """
+    import keras
+    from keras.src.utils import module_utils
+
+    lazy = getattr(module_utils, "tensorflow", None)
+    if (keras.backend.backend() == "tensorflow" or "tensorflow" in sys.modules
+            or not isinstance(lazy, module_utils.LazyModule) or lazy.module is not None
+            or not hasattr(lazy, "_available")):
+        yield
+        return
+    answer = lazy._available
+    lazy._available = False
+    try:
+        yield
+    finally:
+        lazy._available = answer
+
+
+def set_random_seed(seed: int) -> None:
+    """``keras.utils.set_random_seed(seed)``: Python, NumPy, Keras's global seed (PyTorch's on
+    the torch backend), and TensorFlow's only where it is the backend or already imported."""
+    import keras
+
+    with tensorflow_left_out():
+        keras.utils.set_random_seed(seed)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import time
+import types
 
 import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2
@@ -18,11 +20,28 @@ from tensorboard.plugins.text import summary_v2 as text_summary
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 
+def _keep_tensorflow_out() -> None:
+    """On another backend, TensorBoard's file writing uses its own TensorFlow stand-in.
+
+    TensorBoard writes files through TensorFlow wherever TensorFlow is installed, which on JAX
+    or PyTorch would import it (1 to 3 s, 430 MB, its start-up notices) for nothing else. A
+    ``tensorboard.compat.notf`` module is TensorBoard's own switch to its stand-in, which writes
+    local files (and S3 ones) as well; only ``gs://`` paths need TensorFlow.
+    """
+    if "tensorflow" in sys.modules or "tensorboard.compat.notf" in sys.modules:
+        return
+    keras = sys.modules.get("keras")
+    backend = keras.backend.backend() if keras else os.environ.get("KERAS_BACKEND")
+    if backend not in (None, "tensorflow"):
+        sys.modules["tensorboard.compat.notf"] = types.ModuleType("tensorboard.compat.notf")
+
+
 class SummaryWriter:
     """Writes one TensorBoard run (e.g. ``logs/train``)."""
 
     def __init__(self, logdir: str | os.PathLike):
         os.makedirs(logdir, exist_ok=True)
+        _keep_tensorflow_out()
         self._writer = EventFileWriter(os.fspath(logdir), flush_secs=10)
 
     def _add(self, summary: summary_pb2.Summary, step: int) -> None:

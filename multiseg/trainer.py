@@ -66,6 +66,7 @@ from multiseg.runs import (
     prepare_run_dir,
     read_json,
 )
+from multiseg.startup import compile_cache, set_random_seed
 from multiseg.weighting.model import inference_model
 
 
@@ -106,7 +107,7 @@ def dtype_policy(name: str):
 
 
 def _seed_everything(recipe) -> None:
-    keras.utils.set_random_seed(recipe.seed)
+    set_random_seed(recipe.seed)
     if recipe.train.deterministic and keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
@@ -146,6 +147,7 @@ def _train(recipe, *, fresh: bool, verbose: int | str, recipe_path: str | None,
     state = check_run_dir(recipe, fresh=fresh)
     if state.complete:
         return _finished_run(recipe, verbose)
+    compile_cache()  # before anything compiles (the model's initializers on JAX)
     _seed_everything(recipe)
     # When the summary is printed, the report is part of it; otherwise it goes to the log.
     data = build_data(recipe, log_report=not verbose)

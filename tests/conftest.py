@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import copy
+import getpass
 import os
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# On JAX many tests compile the same small programs (tiny models' initializers and steps):
+# JAX's persistent cache keeps them across tests, workers and runs of the suite.
+os.environ.setdefault("MULTISEG_COMPILE_CACHE", os.path.join(
+    tempfile.gettempdir(), f"multiseg-tests-compile-cache-{getpass.getuser()}"))
 
 import pytest  # noqa: E402
 
@@ -60,3 +66,12 @@ def trained_tiny(tmp_path_factory):
     raw["train"]["epochs"] = 2
     result = train(from_dict(raw), verbose=0)
     return result
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache():
+    """The suite's compilation cache on JAX, from the first test on (not only in training)."""
+    if os.environ.get("KERAS_BACKEND") == "jax":
+        from multiseg.startup import compile_cache
+
+        compile_cache()

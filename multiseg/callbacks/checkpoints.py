@@ -10,6 +10,7 @@ import numpy as np
 
 from multiseg.errors import UserError
 from multiseg.runs import CHECKPOINT_PATTERN
+from multiseg.startup import tensorflow_left_out
 
 
 class CheckpointWriteError(OSError, UserError):
@@ -121,7 +122,8 @@ def save_model_atomic(model: keras.Model, path: str) -> None:
     """Saves ``model`` to ``path`` (``.keras``) by way of a temporary file renamed into place."""
     tmp = f"{path[: -len('.keras')]}.tmp-{os.getpid()}.keras"
     try:
-        model.save(tmp)
+        with tensorflow_left_out():  # Keras asks TensorFlow about the objects it saves
+            model.save(tmp)
         os.replace(tmp, path)
     except OSError as exc:
         if os.path.exists(tmp):

@@ -16,6 +16,7 @@ from multiseg.gradflow.table import format_table
 from multiseg.gradients import GradientProbe, summarise
 from multiseg.models.build import build_model, head_losses
 from multiseg.runs import WeightsMismatch, load_weights
+from multiseg.startup import set_random_seed
 from multiseg.weighting.model import current_weights
 
 FORMATS = ("png", "svg", "json", "txt")
@@ -76,7 +77,7 @@ def recipe_report(recipe, *, run_dir: str | None = None, batches: int = 1,
     """
     if batches < 1:
         raise GradflowError(f"--batches must be at least 1, got {batches}")
-    keras.utils.set_random_seed(recipe.seed)
+    set_random_seed(recipe.seed)
     if data is None:
         data = build_data(recipe, frequencies=False)
     if batches > len(data.train):
