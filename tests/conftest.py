@@ -10,8 +10,12 @@ import tempfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # On JAX many tests compile the same small programs (tiny models' initializers and steps):
 # JAX's persistent cache keeps them across tests, workers and runs of the suite.
+try:
+    _user = getpass.getuser()
+except (KeyError, OSError):  # no name for this uid (some containers)
+    _user = str(os.getuid())
 os.environ.setdefault("MULTISEG_COMPILE_CACHE", os.path.join(
-    tempfile.gettempdir(), f"multiseg-tests-compile-cache-{getpass.getuser()}"))
+    tempfile.gettempdir(), f"multiseg-tests-compile-cache-{_user}"))
 
 import pytest  # noqa: E402
 

@@ -40,12 +40,13 @@ from multiseg.callbacks import GradflowLogger  # noqa: E402
 from multiseg.data import build_data  # noqa: E402
 from multiseg.gradients import GradientProbe, summarise  # noqa: E402
 from multiseg.models.build import build_model, compile_model, head_losses  # noqa: E402
+from multiseg.startup import set_random_seed  # noqa: E402
 from multiseg.train import train  # noqa: E402
 
 
 def snapshot_cost(recipe, data, repeats: int) -> dict[str, float]:
     """Seconds per training step and per snapshot (gradients, statistics, logging)."""
-    keras.utils.set_random_seed(recipe.seed)
+    set_random_seed(recipe.seed)
     model = build_model(recipe, channels=data.channels)
     compile_model(model, recipe, total_steps=1000)
     steps = min(len(data.train), 24)

@@ -29,6 +29,7 @@ from timers import EpochTimer  # noqa: E402  (tools/bench/timers.py)
 from multiseg import recipe as recipe_lib  # noqa: E402
 from multiseg.data import build_data  # noqa: E402
 from multiseg.models.build import build_model, compile_model  # noqa: E402
+from multiseg.startup import set_random_seed  # noqa: E402
 
 
 def pipeline_rate(data, steps: int, pipeline: str) -> float:
@@ -64,7 +65,7 @@ def training_rate(recipe, data, epochs: int) -> float:
     batches = [data.train.global_batch(g) for g in range(steps)]
     x = np.concatenate([b[0] for b in batches])
     y = {h: np.concatenate([b[1][h] for b in batches]) for h in recipe.heads}
-    keras.utils.set_random_seed(recipe.seed)
+    set_random_seed(recipe.seed)
     model = build_model(recipe, channels=data.channels)
     compile_model(model, recipe, total_steps=steps * epochs)
     timer = EpochTimer()

@@ -30,10 +30,11 @@ from multiseg import recipe as recipe_lib  # noqa: E402
 from multiseg.batchnorm import recompute_statistics  # noqa: E402
 from multiseg.data import build_data  # noqa: E402
 from multiseg.models.build import build_model, compile_model  # noqa: E402
+from multiseg.startup import set_random_seed  # noqa: E402
 
 
 def measure(recipe, repeats: int) -> dict[str, float]:
-    keras.utils.set_random_seed(recipe.seed)
+    set_random_seed(recipe.seed)
     data = build_data(recipe, frequencies=False, log_report=False)
     model = build_model(recipe, channels=data.channels)
     steps = len(data.train)

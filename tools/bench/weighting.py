@@ -21,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from multiseg.startup import import_keras  # noqa: E402
+from multiseg.startup import import_keras, set_random_seed  # noqa: E402
 
 LOSS_LEVEL = ("static", "uncertainty", "dwa", "rlw", "famo")
 # One backward pass per weighted head (gradnorm: one full, and one per head down to its layer).
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
             data = build_data(recipe, frequencies=False, log_report=False)
             images, targets = data.train[0]
             batch = (np.asarray(images), {h: np.asarray(t) for h, t in targets.items()})
-        keras.utils.set_random_seed(recipe.seed)
+        set_random_seed(recipe.seed)
         model = build_model(recipe, channels=batch[0].shape[-1])
         compile_model(model, recipe, total_steps=10_000)
         images = np.repeat(batch[0][None], 4, axis=0).reshape(-1, *batch[0].shape[1:])
