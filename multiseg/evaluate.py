@@ -26,7 +26,9 @@ def evaluate(run_dir: str, *, split: str = "val", checkpoint: bool = False) -> d
 
     recipe, data, model = load_run(run_dir, checkpoint=checkpoint)
     batches = data.val if split == "val" else data.train
-    logs = model.evaluate(batches.dataset(), verbose=0, return_dict=True)
+    # The length given: a training set's batches vary and come from a generator, whose end
+    # Keras would report as data running out.
+    logs = model.evaluate(batches.dataset(), steps=len(batches), verbose=0, return_dict=True)
     logs.update(weighted_losses(logs, {n: h.loss_weight for n, h in recipe.heads.items()}))
     return nest_logs(logs, recipe.heads)
 
