@@ -6,9 +6,12 @@
 #   tools/bench/gpu.sh [OUT_DIR]     # default $OUT, else bench-gpu: step-<size>-<precision>.json
 #                                    # per run, and gpu.log with every table
 #
+# Then tools/bench/startup.py twice, on an empty and on a filled JAX compilation cache.
+#
 # Environment: BENCH_SIZES ("256 512"), BENCH_PRECISIONS ("float32 bfloat16"), BENCH_BATCH (8),
 # BENCH_STEPS (20), BENCH_REPEATS (3), BENCH_WARMUP (3), BENCH_CONTENDERS (step.py's default;
-# e.g. multiseg,multiseg-model,keras to split a gap); BENCH_QUICK=1 for tiny sizes that
+# e.g. multiseg,multiseg-model,keras to split a gap), BENCH_STARTUP (1; 0 skips the start-up
+# runs); BENCH_QUICK=1 for tiny sizes that
 # check on any machine that it runs. PYTHON picks the interpreter (default python3). Keras is
 # not on that machine: wheels in .whl/ at the repository root (docs/performance.md says which)
 # are installed under /tmp/site first. One failed run does not stop the others; the exit
@@ -51,5 +54,20 @@ for precision in ${BENCH_PRECISIONS:-float32 bfloat16}; do
       --json "$out/$name.json" 2>&1 | tee -a "$log" || status=1
   done
 done
+# Start-up with JAX's compilation cache: a first run fills an empty cache, a second loads it
+# (startup-first.json, startup-second.json). With float32 only, so that a run split by
+# precision does it once; BENCH_STARTUP=0 skips it.
+if [[ "${BENCH_STARTUP:-1}" == 1 && " ${BENCH_PRECISIONS:-float32 bfloat16} " == *" float32 "* ]]; then
+  cache="$(mktemp -d)"
+  shrink=()
+  [[ "${BENCH_QUICK:-0}" == 1 ]] && shrink=(--set "data.image_size=[32, 32]" --set data.train=80)
+  for run in first second; do
+    echo "== startup, $run run, compilation cache $cache ($((SECONDS - started)) s so far)" \
+      | tee -a "$log"
+    MULTISEG_COMPILE_CACHE="$cache" "$python" "$here/startup.py" "${shrink[@]}" \
+      --json "$out/startup-$run.json" 2>&1 | tee -a "$log" || status=1
+  done
+  rm -rf "$cache"
+fi
 echo "== done in $((SECONDS - started)) s; results in $out" | tee -a "$log"
 exit "$status"

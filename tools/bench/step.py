@@ -92,10 +92,12 @@ class Worker:
             json.dump({**config, "contender": name}, handle)
         self.log_path = os.path.join(folder, f"{name}.log")
         self.log = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115  (closed in stop)
-        # Compilation caches start empty, as on a first run: JAX and TensorFlow keep none
-        # between processes by default, PyTorch's inductor and Triton do, on disk.
+        # Compilation caches start empty, as on a first run: PyTorch's inductor and Triton
+        # keep theirs on disk. multiseg's on JAX is off, as the hand-written Keras model has
+        # none (what a warm one saves: tools/bench/startup.py). TensorFlow keeps none.
         caches = {"TORCHINDUCTOR_CACHE_DIR": os.path.join(folder, "inductor"),
-                  "TRITON_CACHE_DIR": os.path.join(folder, "triton")}
+                  "TRITON_CACHE_DIR": os.path.join(folder, "triton"),
+                  "MULTISEG_COMPILE_CACHE": "off"}
         env = {**WORKER_ENV, **os.environ, **caches, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(
             [sys.executable, os.path.join(HERE, "step_worker.py"), path], cwd=ROOT, env=env,
