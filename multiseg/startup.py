@@ -1,4 +1,5 @@
-"""Starting Keras quietly: its backend's start-up notices kept out of a command's output.
+"""Starting Keras: quietly, with JAX's compilation cache, and without TensorFlow where it is
+not the backend (``compile_cache``, ``tensorflow_left_out``, ``set_random_seed`` below).
 
 TensorFlow writes several lines from native code while it is imported and when it first looks
 for devices ("Could not find cuda drivers", "failed call to cuInit", oneDNN and CPU-feature
