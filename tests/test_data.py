@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from multiseg.data import Batches, HeadTarget, build_data
+from multiseg.data import Batches, HeadTarget, build_data, pipeline
 from multiseg.data.augment import OPTIONS, augment_batch, random_affine, warp
 from multiseg.data.sources import SOURCES, generate, is_synthetic, source_targets
 from multiseg.data.targets import (
@@ -305,6 +305,32 @@ class TestAugment:
         out_image, out = augment_batch(np.random.default_rng(3), image, {"m": masks}, **options)
         np.testing.assert_array_equal(out_image[..., 0], out["m"])
 
+    @pytest.mark.parametrize("channels", [1, 3, 5])
+    @pytest.mark.parametrize("brightness", [0.0, 0.2], ids=["alone", "then-brightness"])
+    def test_flips_and_turns_match_numpy_sample_by_sample(self, channels, brightness):
+        # Whole pixels are moved, not floats: the oracle draws the same numbers in the same
+        # order and moves the floats themselves with NumPy's flips and turns.
+        rng = np.random.default_rng(0)
+        image = rng.random((24, 6, 6, channels), dtype=np.float32)
+        masks = rng.integers(0, 5, (24, 6, 6)).astype(np.uint8)
+        out_image, out = augment_batch(np.random.default_rng(4), image, {"m": masks},
+                                       flip=True, rotate90=True, brightness=brightness)
+        assert out_image.dtype == np.float32 and out_image.flags.c_contiguous
+        draws = np.random.default_rng(4)
+        seen = set()
+        for x, m, got_x, got_m in zip(image, masks, out_image, out["m"], strict=True):
+            rows, cols = draws.random() < 0.5, draws.random() < 0.5
+            turns = int(draws.integers(0, 4))
+            x, m = (x[::-1], m[::-1]) if rows else (x, m)
+            x, m = (x[:, ::-1], m[:, ::-1]) if cols else (x, m)
+            x, m = np.rot90(x, turns), np.rot90(m, turns)
+            if brightness:
+                x = x + draws.uniform(-brightness, brightness)
+            np.testing.assert_array_equal(got_x, x)
+            np.testing.assert_array_equal(got_m, m)
+            seen.add((rows, cols, turns))
+        assert len(seen) >= 12  # most of the 16 draws, all 8 distinct results among them
+
     def test_warp_nearest_and_bilinear_agree_on_identity(self):
         mask = _blocks(1)[0]
         matrix, offset = np.eye(2), np.zeros(2)
@@ -406,6 +432,23 @@ class TestBatches:
         assert set(np.unique(targets["boundary"])) <= {0.0, 1.0}
         assert targets["shape"].shape == (8,)
         assert len(data.train) == 2 and len(data.val) == 1
+
+    @pytest.mark.parametrize(("cores", "threads"), [(1, 2), (2, 2), (5, 2), (6, 3),
+                                                     (16, 8), (96, 8)])
+    def test_batch_threads_follow_the_cores(self, monkeypatch, cores, threads):
+        monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: set(range(cores)),
+                            raising=False)
+        assert pipeline.default_workers() == threads
+        batches = Batches({"image": np.zeros((4, 8, 8, 1), np.float32)}, [], batch_size=2,
+                          shuffle=False, augment=None, seed=0)
+        assert batches.workers == threads
+        assert Batches({"image": np.zeros((4, 8, 8, 1), np.float32)}, [], batch_size=2,
+                       shuffle=False, augment=None, seed=0, workers=3).workers == 3
+
+    def test_batch_threads_without_affinity(self, monkeypatch):
+        monkeypatch.delattr(pipeline.os, "sched_getaffinity", raising=False)
+        monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 12)
+        assert pipeline.default_workers() == 6
 
     def test_boundary_derived_after_augmentation(self, tiny_recipe):
         data = build_data(tiny_recipe)

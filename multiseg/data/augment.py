@@ -57,19 +57,42 @@ def augment_batch(rng: np.random.Generator, image: np.ndarray, masks: dict[str, 
         return image, masks
     if opts["rotate90"] and image.shape[1] != image.shape[2]:
         raise ValueError(f"rotate90 needs square images, got {image.shape[1]}x{image.shape[2]}")
-    image = image.astype(np.float32, copy=True)
-    masks = {k: v.copy() for k, v in masks.items()}
+    image = np.ascontiguousarray(image, np.float32)  # no copy of a float32 batch
+    # Every sample is written once into new arrays: the inputs are never modified.
+    out_image = np.empty_like(image)
+    out_masks = {k: np.empty_like(v) for k, v in masks.items()}
     for i in range(image.shape[0]):
-        sample_masks = {k: v[i] for k, v in masks.items()}
-        image[i], sample_masks = augment_sample(rng, image[i], sample_masks, opts)
+        sample, sample_masks = augment_sample(rng, image[i], {k: v[i] for k, v in masks.items()},
+                                              opts)
+        if sample.dtype.kind == "V":  # whole pixels, only flipped or turned
+            pixels(out_image[i])[...] = sample
+        else:
+            out_image[i] = sample
         for k, v in sample_masks.items():
-            masks[k][i] = v
-    return image, masks
+            out_masks[k][i] = v
+    return out_image, out_masks
+
+
+def pixels(image: np.ndarray) -> np.ndarray:
+    """A view of ``image`` (H, W, C), whose channels are contiguous, as (H, W) items of one
+    whole pixel each. NumPy flips and turns these two to three times faster than the floats
+    themselves (it moves one item per pixel instead of looping over 3 channels)."""
+    return image.view(np.dtype((np.void, image.shape[-1] * image.itemsize)))[..., 0]
+
+
+def from_pixels(view: np.ndarray, channels: int, dtype: np.dtype) -> np.ndarray:
+    """The (H, W, C) array of a ``pixels`` view, however flipped or turned (a copy)."""
+    return np.ascontiguousarray(view)[..., None].view(dtype).reshape(*view.shape, channels)
 
 
 def augment_sample(rng: np.random.Generator, image: np.ndarray, masks: dict[str, np.ndarray],
                    opts: dict) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """One sample: image (H, W, C), masks (H, W); ``opts`` holds every key of ``OPTIONS``."""
+    """One sample: image (H, W, C) float32, masks (H, W); ``opts`` holds every key of
+    ``OPTIONS``. The image comes back as float32, or as a flipped or turned ``pixels`` view
+    when nothing else changed it; masks may be views of the input."""
+    channels, dtype = image.shape[-1], image.dtype
+    if opts["flip"] or opts["rotate90"]:
+        image = pixels(image)
     if opts["flip"]:
         if rng.random() < 0.5:
             image, masks = image[::-1], {k: v[::-1] for k, v in masks.items()}
@@ -80,14 +103,19 @@ def augment_sample(rng: np.random.Generator, image: np.ndarray, masks: dict[str,
         if turns:
             image = np.rot90(image, turns, axes=(0, 1))
             masks = {k: np.rot90(v, turns, axes=(0, 1)) for k, v in masks.items()}
-    if opts["rotate"] or opts["scale"] or opts["shift"] or opts["crop"]:
+    affine = opts["rotate"] or opts["scale"] or opts["shift"] or opts["crop"]
+    photometric_on = opts["brightness"] or opts["contrast"] or opts["gamma"] or opts["noise"]
+    if image.dtype.kind == "V" and (affine or photometric_on):
+        image = from_pixels(image, channels, dtype)
+    if affine:
         matrix, offset = random_affine(rng, image.shape[:2], rotate=opts["rotate"],
                                        scale=opts["scale"], shift=opts["shift"],
                                        crop=opts["crop"])
         image = warp(image, matrix, offset, order=1)
         masks = {k: warp(v, matrix, offset, order=0) for k, v in masks.items()}
-    image = photometric(rng, image, brightness=opts["brightness"], contrast=opts["contrast"],
-                        gamma=opts["gamma"], noise=opts["noise"])
+    if photometric_on:
+        image = photometric(rng, image, brightness=opts["brightness"],
+                            contrast=opts["contrast"], gamma=opts["gamma"], noise=opts["noise"])
     return image, masks
 
 

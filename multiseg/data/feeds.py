@@ -23,7 +23,7 @@ def stream_steps(batches, start: int, stop: int, *, workers: int = 2):
     replay epoch 0's batches in every later epoch of a multi-epoch range. ``fit`` keeps one
     generator going across epochs, and replays the batches it looked at first.
     """
-    ahead = max(2, 2 * workers)
+    ahead = workers + 2  # every thread busy, two made steps waiting
     with ThreadPoolExecutor(workers, thread_name_prefix="multiseg-batches") as pool:
         pending: collections.deque = collections.deque()
         step = start
