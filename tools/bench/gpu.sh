@@ -6,12 +6,13 @@
 #   tools/bench/gpu.sh [OUT_DIR]     # default $OUT, else bench-gpu: step-<size>-<precision>.json
 #                                    # per run, and gpu.log with every table
 #
-# Then tools/bench/startup.py twice, on an empty and on a filled JAX compilation cache.
+# Then tools/bench/pipeline.py at the largest size: whether the batch threads keep the GPU fed;
+# and tools/bench/startup.py twice, on an empty and on a filled JAX compilation cache.
 #
 # Environment: BENCH_SIZES ("256 512"), BENCH_PRECISIONS ("float32 bfloat16"), BENCH_BATCH (8),
 # BENCH_STEPS (20), BENCH_REPEATS (3), BENCH_WARMUP (3), BENCH_CONTENDERS (step.py's default;
-# e.g. multiseg,multiseg-model,keras to split a gap), BENCH_STARTUP (1; 0 skips the start-up
-# runs); BENCH_QUICK=1 for tiny sizes that
+# e.g. multiseg,multiseg-model,keras to split a gap), BENCH_PIPELINE and BENCH_STARTUP (1; 0
+# skips the pipeline or the start-up runs); BENCH_QUICK=1 for tiny sizes that
 # check on any machine that it runs. PYTHON picks the interpreter (default python3). Keras is
 # not on that machine: wheels in .whl/ at the repository root (docs/performance.md says which)
 # are installed under /tmp/site first. One failed run does not stop the others; the exit
@@ -54,6 +55,16 @@ for precision in ${BENCH_PRECISIONS:-float32 bfloat16}; do
       --json "$out/$name.json" 2>&1 | tee -a "$log" || status=1
   done
 done
+# The input pipeline alone against what training consumes, at the largest size (float32 only,
+# as the start-up runs below).
+if [[ "${BENCH_PIPELINE:-1}" == 1 && " ${BENCH_PRECISIONS:-float32 bfloat16} " == *" float32 "* ]]; then
+  largest="${sizes##* }"
+  echo "== pipeline, ${largest}x${largest}, batch $batch ($((SECONDS - started)) s so far)" \
+    | tee -a "$log"
+  "$python" "$here/pipeline.py" "$root/recipes/shapes.yaml" --epochs 2 --steps "$((10 * steps))" \
+    --set "data.image_size=[$largest, $largest]" --set "train.batch_size=$batch" \
+    --set "data.train=$((8 * batch))" --set "data.val=$batch" 2>&1 | tee -a "$log" || status=1
+fi
 # Start-up with JAX's compilation cache: a first run fills an empty cache, a second loads it
 # (startup-first.json, startup-second.json). With float32 only, so that a run split by
 # precision does it once; BENCH_STARTUP=0 skips it.

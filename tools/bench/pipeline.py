@@ -89,7 +89,7 @@ def main() -> None:
     print(f"recipe {args.recipe}: {recipe.data.image_size[0]}x{recipe.data.image_size[1]}x"
           f"{data.channels}, batch {recipe.train.batch_size}, {len(recipe.heads)} heads,"
           f" augment {augment or 'off'}; backend {keras.backend.backend()},"
-          f" {os.cpu_count()} CPU cores")
+          f" {os.cpu_count()} CPU cores, {data.train.workers} batch threads")
     pipelines = ["sequential", "threads"]
     if keras.backend.backend() == "tensorflow":
         pipelines.append("tf.data")
