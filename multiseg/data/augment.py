@@ -80,18 +80,14 @@ def pixels(image: np.ndarray) -> np.ndarray:
     return image.view(np.dtype((np.void, image.shape[-1] * image.itemsize)))[..., 0]
 
 
-def from_pixels(view: np.ndarray, channels: int, dtype: np.dtype) -> np.ndarray:
-    """The (H, W, C) array of a ``pixels`` view, however flipped or turned (a copy)."""
-    return np.ascontiguousarray(view)[..., None].view(dtype).reshape(*view.shape, channels)
-
-
 def augment_sample(rng: np.random.Generator, image: np.ndarray, masks: dict[str, np.ndarray],
                    opts: dict) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """One sample: image (H, W, C) float32, masks (H, W); ``opts`` holds every key of
     ``OPTIONS``. The image comes back as float32, or as a flipped or turned ``pixels`` view
-    when nothing else changed it; masks may be views of the input."""
-    channels, dtype = image.shape[-1], image.dtype
-    if opts["flip"] or opts["rotate90"]:
+    when only flips and turns are on; masks may be views of the input."""
+    affine = opts["rotate"] or opts["scale"] or opts["shift"] or opts["crop"]
+    photometric_on = opts["brightness"] or opts["contrast"] or opts["gamma"] or opts["noise"]
+    if not (affine or photometric_on):  # only flips and turns: whole pixels move
         image = pixels(image)
     if opts["flip"]:
         if rng.random() < 0.5:
@@ -103,10 +99,6 @@ def augment_sample(rng: np.random.Generator, image: np.ndarray, masks: dict[str,
         if turns:
             image = np.rot90(image, turns, axes=(0, 1))
             masks = {k: np.rot90(v, turns, axes=(0, 1)) for k, v in masks.items()}
-    affine = opts["rotate"] or opts["scale"] or opts["shift"] or opts["crop"]
-    photometric_on = opts["brightness"] or opts["contrast"] or opts["gamma"] or opts["noise"]
-    if image.dtype.kind == "V" and (affine or photometric_on):
-        image = from_pixels(image, channels, dtype)
     if affine:
         matrix, offset = random_affine(rng, image.shape[:2], rotate=opts["rotate"],
                                        scale=opts["scale"], shift=opts["shift"],
