@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
 import string
+import subprocess
+import sys
 
 import keras
 import numpy as np
 import pytest
 
 from multiseg.models import build_model, layer_owner, naming, parameter_counts
+from multiseg.models.initial import initialized_together
 from multiseg.models.layers import (
     CropToMatch,
     GradientScale,
@@ -17,6 +22,8 @@ from multiseg.models.layers import (
     ValidAveragePooling,
 )
 from multiseg.recipe import from_dict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _recipe(raw, **model):
@@ -360,3 +367,81 @@ class TestHeadKinds:
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.ImportFrom):
                     assert not (node.module or "").startswith("multiseg.recipe"), path.name
+
+
+_INITIAL_WEIGHTS_CHILD = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from multiseg.startup import import_keras, set_random_seed
+keras = import_keras()
+import numpy as np
+from keras.src.backend.common import global_state
+from multiseg.models import initial
+from multiseg.models.build import build_model
+from multiseg.recipe import from_dict
+from tests.conftest import TINY_RAW
+
+recipe = from_dict({**TINY_RAW, "model": {**TINY_RAW["model"], "dropout": 0.1}})
+sizes = []
+deferred = initial._initialize
+initial._initialize = lambda variables: (sizes.append(len(variables)), deferred(variables))
+set_random_seed(3)
+together = build_model(recipe, channels=3)
+applies = initial._applies
+initial._applies = lambda: False  # Keras's own eager initialisation, variable by variable
+set_random_seed(3)
+plain = build_model(recipe, channels=3)
+initial._applies = applies
+pairs = list(zip(together.weights, plain.weights, strict=True))
+x = np.random.default_rng(0).random((2, 32, 32, 3)).astype("float32")
+outputs = [float(np.abs(np.asarray(together(x)[h]) - np.asarray(plain(x)[h])).max())
+           for h in recipe.heads]
+try:
+    with initial.initialized_together():
+        keras.layers.Dense(3)(keras.Input((4,)))
+        raise RuntimeError("a mistake while building")
+except RuntimeError:
+    pass
+print(json.dumps({
+    "programs": sizes, "weights": len(pairs),
+    "paths": [a.path == b.path for a, b in pairs],
+    "float_diff": max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in pairs
+                      if np.asarray(a).dtype.kind == "f"),
+    "seed_states": [np.asarray(a.seed_generator.state).tolist() == np.asarray(
+        b.seed_generator.state).tolist() for a, b in zip(together.layers, plain.layers)
+        if hasattr(a, "seed_generator")],
+    "output_diff": max(outputs),
+    "left_pending": len(global_state.get_global_attribute("uninitialized_variables") or []),
+}))
+"""
+
+
+class TestInitialWeights:
+    def test_jax_computes_them_in_one_program_as_keras_would(self, tmp_path):
+        # Keras's own initializers and seeds, in one unoptimised program: the same values up
+        # to the last bit of a scaled random number (float32 spacing at 1 is 1.2e-7).
+        pytest.importorskip("jax")
+        env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
+               "MULTISEG_COMPILE_CACHE": "off"}
+        done = subprocess.run([sys.executable, "-c", _INITIAL_WEIGHTS_CHILD, ROOT], env=env,
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        found = json.loads(done.stdout.strip().splitlines()[-1])
+        # One program for every weight (and the dropout layers' untracked seed states).
+        assert len(found["programs"]) == 1 and found["programs"][0] >= found["weights"]
+        assert all(found["paths"]) and found["weights"] > 40
+        assert found["float_diff"] <= 1.2e-7
+        assert found["seed_states"] and all(found["seed_states"])  # dropout's random state
+        assert found["output_diff"] < 1e-5
+        assert found["left_pending"] == 0  # a failed build leaves nothing deferred behind
+
+    def test_variables_inside_have_values_once_the_block_ends(self):
+        with initialized_together():
+            layer = keras.layers.Dense(3)
+            layer.build((None, 4))
+            deferred = layer.kernel._value is None
+        # Deferred only on JAX; on other backends Keras initialises as it always does.
+        assert deferred == (keras.backend.backend() == "jax")
+        kernel = keras.ops.convert_to_numpy(layer.kernel)
+        assert kernel.shape == (4, 3) and np.isfinite(kernel).all() and np.abs(kernel).max() > 0
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.bias), np.zeros(3))

@@ -12,6 +12,7 @@ from multiseg import losses as losses_lib
 from multiseg import metrics as metrics_lib
 from multiseg.headkinds import HEAD_KINDS
 from multiseg.models import heads as heads_lib
+from multiseg.models.initial import initialized_together
 from multiseg.models.naming import layer_owner
 from multiseg.models.unet import padding_multiple, unet_trunk
 from multiseg.weighting.model import make_model, set_steps_per_epoch
@@ -21,19 +22,20 @@ def build_model(recipe, *, channels: int) -> keras.Model:
     """The recipe's network: a shared trunk and one branch per head, outputs keyed by head."""
     spec = recipe.model
     image = keras.Input(shape=(None, None, channels), name="image")
-    points = unet_trunk(image, filters=spec.filters, convs_per_level=spec.convs_per_level,
-                        norm=spec.norm, groups=spec.groups, norm_momentum=spec.norm_momentum,
-                        activation=spec.activation,
-                        dropout=spec.dropout, upsample=spec.upsample, seed=recipe.seed)
-    outputs = {}
-    for name, head in recipe.heads.items():
-        scale = 2 ** int(head.attach.split(".")[1]) if "." in head.attach else 1
-        builder = getattr(heads_lib, HEAD_KINDS[head.kind].builder)
-        outputs[name] = builder(
-            points[head.attach], image, name=name, classes=head.classes, branch=head.branch,
-            scale=scale, grad_scale=head.grad_scale, norm=spec.norm, groups=spec.groups,
-            norm_momentum=spec.norm_momentum, activation=spec.activation,
-            padding=padding_multiple(spec.filters))
+    with initialized_together():  # JAX: one compilation for every initial weight
+        points = unet_trunk(image, filters=spec.filters, convs_per_level=spec.convs_per_level,
+                            norm=spec.norm, groups=spec.groups,
+                            norm_momentum=spec.norm_momentum, activation=spec.activation,
+                            dropout=spec.dropout, upsample=spec.upsample, seed=recipe.seed)
+        outputs = {}
+        for name, head in recipe.heads.items():
+            scale = 2 ** int(head.attach.split(".")[1]) if "." in head.attach else 1
+            builder = getattr(heads_lib, HEAD_KINDS[head.kind].builder)
+            outputs[name] = builder(
+                points[head.attach], image, name=name, classes=head.classes,
+                branch=head.branch, scale=scale, grad_scale=head.grad_scale, norm=spec.norm,
+                groups=spec.groups, norm_momentum=spec.norm_momentum,
+                activation=spec.activation, padding=padding_multiple(spec.filters))
     # static: a plain functional model; other methods: one that owns their state.
     return make_model(image, outputs, name=recipe.name.replace("/", "_"),
                       weighting=recipe.train.weighting,
