@@ -311,13 +311,14 @@ class TestAugment:
         # Whole pixels are moved, not floats: the oracle draws the same numbers in the same
         # order and moves the floats themselves with NumPy's flips and turns.
         rng = np.random.default_rng(0)
-        image = rng.random((24, 6, 6, channels), dtype=np.float32)
-        masks = rng.integers(0, 5, (24, 6, 6)).astype(np.uint8)
+        image = rng.random((48, 6, 6, channels), dtype=np.float32)
+        masks = rng.integers(0, 5, (48, 6, 6)).astype(np.uint8)
         out_image, out = augment_batch(np.random.default_rng(4), image, {"m": masks},
                                        flip=True, rotate90=True, brightness=brightness)
         assert out_image.dtype == np.float32 and out_image.flags.c_contiguous
         draws = np.random.default_rng(4)
-        seen = set()
+        seen, results = set(), set()
+        corner = np.arange(4).reshape(2, 2)  # tells the 8 flips and turns of a square apart
         for x, m, got_x, got_m in zip(image, masks, out_image, out["m"], strict=True):
             rows, cols = draws.random() < 0.5, draws.random() < 0.5
             turns = int(draws.integers(0, 4))
@@ -329,7 +330,11 @@ class TestAugment:
             np.testing.assert_array_equal(got_x, x)
             np.testing.assert_array_equal(got_m, m)
             seen.add((rows, cols, turns))
-        assert len(seen) >= 12  # most of the 16 draws, all 8 distinct results among them
+            moved = corner[::-1] if rows else corner
+            moved = moved[:, ::-1] if cols else moved
+            results.add(np.rot90(moved, turns).tobytes())
+        assert len(seen) >= 12  # most of the 16 draws
+        assert len(results) == 8  # every distinct flip and turn of a square was checked
 
     def test_warp_nearest_and_bilinear_agree_on_identity(self):
         mask = _blocks(1)[0]

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 
-def stream_steps(batches, start: int, stop: int, *, workers: int = 2):
+def stream_steps(batches, start: int, stop: int, *, workers: int):
     """Yields the batches of global steps ``start..stop`` in order, each made exactly once,
     ``workers`` threads working a few steps ahead.
 
@@ -42,7 +42,7 @@ class StepRange(keras.utils.PyDataset):
     """Global steps ``start..stop`` of a ``Batches`` whose batches never change (validation),
     made by ``workers`` threads; Keras replays them from the first at every pass."""
 
-    def __init__(self, batches, start: int, stop: int, *, workers: int = 2):
+    def __init__(self, batches, start: int, stop: int, *, workers: int):
         super().__init__(workers=workers, use_multiprocessing=False,
                          max_queue_size=max(4, 2 * workers))
         self.batches = batches
