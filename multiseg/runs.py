@@ -206,7 +206,7 @@ def _comparable(recipe_dict: dict) -> dict:
     # and distribution say how a step is computed, not what is trained. (Precision is part of
     # the run: a float16 run's checkpoints hold the loss scale's state.)
     train = {k: v for k, v in recipe_dict["train"].items()
-             if k not in ("epochs", "jit_compile", "distribute")}
+             if k not in ("epochs", "jit_compile", "steps_per_execution", "distribute")}
     return {**recipe_dict, "train": train, "output": None}
 
 
@@ -336,6 +336,15 @@ def _cache_line() -> list[str]:
     return [f"compiled programs: cached in {path}"]
 
 
+def _steps_per_call_text(requested: int, chosen: int, steps: int) -> str:
+    if requested == 1:
+        return ""
+    if chosen == requested:
+        return f", {chosen} steps per call"
+    return (f", {chosen} step{'s' if chosen > 1 else ''} per call (train.steps_per_execution"
+            f" {requested}: the most that divide the {steps} steps of an epoch)")
+
+
 def describe(recipe, model: keras.Model, data, recipe_path: str | None = None) -> str:
     """The start-up summary: data, trunk, and per head its target, loss terms and weights."""
     from multiseg.models.build import head_losses, loss_terms, parameter_counts
@@ -351,7 +360,9 @@ def describe(recipe, model: keras.Model, data, recipe_path: str | None = None) -
         f"training: batch {recipe.train.batch_size}, {len(data.train)} steps/epoch,"
         f" {recipe.train.epochs} epochs, {recipe.train.precision}, {_compiler()}"
         f" {'on' if model.jit_compile else 'off'}"
-        + (" (jit_compile: auto)" if recipe.train.jit_compile == "auto" else ""),
+        + (" (jit_compile: auto)" if recipe.train.jit_compile == "auto" else "")
+        + _steps_per_call_text(recipe.train.steps_per_execution, model.steps_per_execution,
+                               len(data.train)),
         *_cache_line(),
         f"trunk: unet {list(recipe.model.filters)}, norm {recipe.model.norm}, "
         f"{counts['shared']:,} params (shared)",

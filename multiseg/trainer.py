@@ -55,7 +55,15 @@ from multiseg.errors import TrainingInterrupted
 from multiseg.headkinds import HEAD_KINDS
 from multiseg.losses import check_targets
 from multiseg.metrics import LossTerm
-from multiseg.models.build import build_model, compile_model, head_losses, head_metrics
+from multiseg.models.build import (
+    build_model,
+    compile_model,
+    head_losses,
+    head_metrics,
+    set_step_options,
+    set_steps_per_call,
+    steps_per_call,
+)
 from multiseg.runs import (
     FIGURES_ABOUT,
     check_run_dir,
@@ -158,8 +166,7 @@ def _train(recipe, *, fresh: bool, verbose: int | str, recipe_path: str | None,
         model = build_model(recipe, channels=data.channels)
     steps = len(data.train)
     compile_model(model, recipe, total_steps=steps * recipe.train.epochs)
-    if recipe.train.jit_compile != "auto":  # auto: Keras's choice, as measured (docs)
-        model.jit_compile = recipe.train.jit_compile
+    set_step_options(model, recipe, steps_per_epoch=steps)
     if verbose:
         print(describe(recipe, model, data, recipe_path), flush=True)
 
@@ -213,6 +220,8 @@ def _train(recipe, *, fresh: bool, verbose: int | str, recipe_path: str | None,
                 progress.start_step = initial_step
             start = initial_epoch * steps + initial_step
             feed = process_feed(data.train.dataset(start, (initial_epoch + 1) * steps))
+            set_steps_per_call(model, steps_per_call(recipe.train.steps_per_execution,
+                                                     steps - initial_step))
             history = model.fit(feed,
                                 steps_per_epoch=steps - initial_step, shuffle=False,
                                 validation_data=validation, epochs=initial_epoch + 1,
@@ -222,6 +231,7 @@ def _train(recipe, *, fresh: bool, verbose: int | str, recipe_path: str | None,
         if initial_epoch < epochs and not (interrupt.requested or nonfinite.failure):
             interrupt.start_step = 0
             feed = process_feed(data.train.dataset(initial_epoch * steps, epochs * steps))
+            set_steps_per_call(model, steps_per_call(recipe.train.steps_per_execution, steps))
             history = model.fit(feed,
                                 steps_per_epoch=steps, shuffle=False, validation_data=validation,
                                 epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks,

@@ -275,10 +275,12 @@ class TestRace:
         contenders = ("multiseg,keras" + (",multiseg-model" if tensorflow else "")
                       + (",torch" if tensorflow and _has("torch") else ""))
         path = tmp_path / "step.json"
+        # On JAX, the Keras contenders run 2 steps per call (train.steps_per_execution).
         code = step.main(["--size", "16", "--batch", "2", "--steps", "2", "--repeats", "2",
-                          "--warmup", "1", "--gradflow-repeats", "1", "--contenders",
-                          contenders, "--json", str(path),
-                          *([] if tensorflow else ["--no-gradflow"])])
+                          "--warmup", "1" if tensorflow else "2", "--gradflow-repeats", "1",
+                          "--contenders", contenders, "--json", str(path),
+                          *([] if tensorflow else ["--no-gradflow", "--steps-per-execution",
+                                                   "2"])])
         assert code == 0, capsys.readouterr().out
         out = json.loads(path.read_text())
         assert list(out["contenders"]) == contenders.split(",")
@@ -288,6 +290,8 @@ class TestRace:
             assert [len(r) for r in entry["step_times_s"]] == [2, 2]
             assert entry["images_per_s"] > 0 and entry["peak_memory_mb"] > 0
             assert entry["tensorflow_imported"] == (tensorflow and entry["backend"] != "torch")
+            if entry["backend"] != "torch":
+                assert entry["steps_per_execution"] == (1 if tensorflow else 2)
         assert out["contenders"]["multiseg"]["multiseg_speed_ratio"] == 1.0
         if tensorflow:
             assert out["gradflow"]["every"] == 100 and out["gradflow"]["steps"]["logged"] > 0

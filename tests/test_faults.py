@@ -142,6 +142,25 @@ class TestKillAndResume:
         assert _state(raw["output"])["epoch"] == 3
         _assert_matches_uninterrupted_run(tmp_path, raw, _val(raw["output"]))
 
+    def test_several_steps_per_call_resume_with_another_count(self, tmp_path, fault_recipe):
+        path, raw = fault_recipe
+        raw["data"]["train"] = 48  # 6 steps per epoch, in calls of 2
+        raw["train"]["steps_per_execution"] = 2
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        proc = _run(tmp_path, path, "interrupt", epoch=1, batch=1)
+        assert proc.returncode == 130, proc.stderr[-2000:]
+        # The guard checkpoints at the end of the call after the signal's.
+        state = _state(raw["output"])
+        assert (state["epoch"], state["step"]) == (1, 4)
+        # How steps are dispatched is not part of the run: 4 per call now, so the 2 steps
+        # left of epoch 2 run in one call and epoch 3 in calls of 3.
+        raw["train"]["steps_per_execution"] = 4
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        proc = _run(tmp_path, path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert _state(raw["output"])["epoch"] == 3
+        _assert_matches_uninterrupted_run(tmp_path, raw, _val(raw["output"]))
+
 
 # The stateful train.weighting methods whose resume no other test covers: their state (a step
 # count, learned parameters, a generator) must come back from the checkpoint exactly, or the

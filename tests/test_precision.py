@@ -107,3 +107,84 @@ def test_preview_colours_take_float16_logits():
         warnings.simplefilter("error")
         grey = colour_prediction(logits)
     np.testing.assert_allclose(grey[0, :, 0], [2.06e-9, 0.5, 1.0], rtol=1e-2, atol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------
+# train.steps_per_execution: how many steps one call into the compiled step runs.
+
+
+def _steps_run(tiny_raw, steps_per_execution: int):
+    """Two epochs of 6 steps, deterministic, with gradflow snapshots every 3 steps and DWA's
+    weights logged every 5."""
+    raw = copy.deepcopy(tiny_raw)
+    raw["output"] = f"{tiny_raw['output']}-{steps_per_execution}"
+    raw["data"]["train"] = 48
+    raw["train"].update(epochs=2, deterministic=True, steps_per_execution=steps_per_execution,
+                        gradflow={"every": 3}, weighting={"method": "dwa", "log_every": 5})
+    return train(from_dict(raw), verbose=0)
+
+
+def _tensorboard_steps(logdir: str, tag: str) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(logdir, size_guidance={"tensors": 0})
+    events.Reload()
+    return [e.step for e in events.Tensors(tag)]
+
+
+def test_several_steps_per_call_train_the_same_model(tiny_raw):
+    one, two = _steps_run(tiny_raw, 1), _steps_run(tiny_raw, 2)
+    for result in (one, two):
+        assert int(keras.ops.convert_to_numpy(result.model.optimizer.iterations)) == 12
+    assert two.model.steps_per_execution == 2
+    # The same batches through the same steps: the weights agree to float32 round-off
+    # (TensorFlow runs a call's steps in one loop of its graph, summing in another order).
+    for a, b in zip(one.model.get_weights(), two.model.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert two.metrics["val"]["total"]["loss"] == pytest.approx(
+        one.metrics["val"]["total"]["loss"], rel=1e-4)
+    # Every-N-step records fall on the call that reaches step N: calls end at even steps.
+    logs = lambda run, *parts: os.path.join(run.run_dir, "logs", *parts)  # noqa: E731
+    assert _tensorboard_steps(logs(one, "gradflow"), "loss/mask") == [3, 6, 9, 12]
+    assert _tensorboard_steps(logs(two, "gradflow"), "loss/mask") == [4, 6, 10, 12]
+    assert _tensorboard_steps(logs(one, "train"), "step/mask/loss_weight") == [5, 10]
+    assert _tensorboard_steps(logs(two, "train"), "step/mask/loss_weight") == [6, 10]
+    # How a step is dispatched is not part of the run: model.keras loads on any backend.
+    assert load_model(os.path.join(two.run_dir, "model.keras")).steps_per_execution == 1
+
+
+@pytest.mark.parametrize("crossing", [(0, 1, 1, True), (2, 4, 3, True), (3, 5, 3, False),
+                                      (5, 6, 3, True), (0, 9, 10, False), (4, 8, 0, False)])
+def test_crossed_finds_a_multiple_within_a_call(crossing):
+    from multiseg.callbacks.steps import crossed
+
+    before, after, every, expected = crossing
+    assert crossed(before, after, every) is expected
+    assert expected == any(every and s % every == 0 for s in range(before + 1, after + 1))
+
+
+def test_steps_per_execution_is_checked(tiny_raw, monkeypatch):
+    raw = copy.deepcopy(tiny_raw)
+    assert from_dict(raw).train.steps_per_execution == 1
+    raw["train"]["steps_per_execution"] = 0
+    with pytest.raises(RecipeError, match="train.steps_per_execution: must be > 0, got 0"):
+        from_dict(raw)
+    raw["train"].update(steps_per_execution=4, on_nonfinite="skip")
+    with pytest.raises(RecipeError, match="train.steps_per_execution: must be 1 with"
+                                          " on_nonfinite: skip"):
+        from_dict(raw)
+    raw["train"]["on_nonfinite"] = "stop"
+    assert from_dict(raw).to_dict()["train"]["steps_per_execution"] == 4
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    with pytest.raises(RecipeError, match="must be 1 on the torch backend"):
+        from_dict(raw)
+
+
+@pytest.mark.parametrize("requested,steps,chosen", [
+    (8, 48, 8), (8, 12, 6), (8, 37, 1), (3, 2, 2), (1, 5, 1), (4, 1, 1)])
+def test_a_call_never_crosses_the_end_of_an_epoch(requested, steps, chosen):
+    from multiseg.models.build import steps_per_call
+
+    assert steps_per_call(requested, steps) == chosen
+    assert steps % chosen == 0 and not any(
+        steps % d == 0 for d in range(chosen + 1, requested + 1))

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 from multiseg.callbacks.logs import current_learning_rate
+from multiseg.callbacks.steps import StepCounting, crossed
 from multiseg.gradflow.figures import figure_png, norms_figure
 from multiseg.gradflow.table import format_table
 from multiseg.gradients import GradientProbe, HeadGradients, summarise
@@ -21,7 +22,7 @@ from multiseg.tblog import SummaryWriter
 from multiseg.weighting.model import current_weights
 
 
-class GradflowLogger(keras.callbacks.Callback):
+class GradflowLogger(StepCounting):
     """Per-head gradient snapshots into TensorBoard every ``every`` training steps.
 
     Each snapshot probes one fixed batch (the same one every time, so snapshots compare over
@@ -98,8 +99,8 @@ class GradflowLogger(keras.callbacks.Callback):
             self._probe = GradientProbe(self.model, self.losses, self.loss_weights)
 
     def on_train_batch_end(self, batch, logs=None):
-        self.step += 1
-        if self.step % self.every == 0:
+        before, self.step = self.step, self.step + self.steps_in_call(batch)
+        if crossed(before, self.step, self.every):
             self.snapshot()
 
     def snapshot(self) -> dict[str, Any]:

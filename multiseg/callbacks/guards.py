@@ -10,6 +10,7 @@ import numpy as np
 
 from multiseg.callbacks.checkpoints import AtomicCheckpoint
 from multiseg.callbacks.logs import split_log_key
+from multiseg.callbacks.steps import StepCounting
 from multiseg.errors import TrainingStopped
 
 
@@ -39,7 +40,7 @@ def nonfinite_culprits(logs: dict, heads) -> list[str]:
     return found
 
 
-class NonFiniteGuard(keras.callbacks.Callback):
+class NonFiniteGuard(StepCounting):
     """Watches every step's loss. On NaN/Inf, names the head and loss term and the step.
 
     ``mode="stop"`` ends training, keeps the last good checkpoint (the cut epoch is not saved)
@@ -67,6 +68,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
         return list(self.model.variables) + list(self.model.optimizer.variables)
 
     def on_train_batch_begin(self, batch, logs=None):
+        super().on_train_batch_begin(batch, logs)
         if self.mode == "skip":
             self._snapshot = [keras.ops.convert_to_numpy(v) for v in self._variables()]
 
@@ -77,7 +79,11 @@ class NonFiniteGuard(keras.callbacks.Callback):
             return
         step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         culprits = nonfinite_culprits(logs, self.heads) or ["no single head (the total)"]
-        where = f"epoch {self.epoch + 1}, step {batch + 1} (global step {step})"
+        first = self.first_batch(batch)
+        # Several steps per call (train.steps_per_execution): the loss is their running mean.
+        where = (f"epoch {self.epoch + 1}, step {batch + 1} (global step {step})"
+                 if first == batch else f"epoch {self.epoch + 1}, one of steps {first + 1} to"
+                 f" {batch + 1} (global steps {step - batch + first} to {step})")
         if self.mode == "skip" and self._snapshot is not None:
             for variable, value in zip(self._variables(), self._snapshot, strict=False):
                 variable.assign(value)

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 
 from multiseg.callbacks.pictures import colour_prediction, colour_target, to_rgb
+from multiseg.callbacks.steps import StepCounting, crossed
 from multiseg.tblog import SummaryWriter
 from multiseg.weighting.model import current_trunk_weights, current_weights
 
@@ -84,7 +85,7 @@ class HeadLogs(keras.callbacks.Callback):
             logs.update(epoch_logs(logs, self.loss_weights, self.model))
 
 
-class TensorBoardLogs(keras.callbacks.Callback):
+class TensorBoardLogs(StepCounting):
     """Writes ``logs/train`` and ``logs/validation`` with tags grouped by head.
 
     Tags: ``<head>/loss`` (raw), ``<head>/weighted_loss``, ``<head>/<term>_term`` (each loss
@@ -118,13 +119,13 @@ class TensorBoardLogs(keras.callbacks.Callback):
         self.step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def on_train_batch_end(self, batch, logs=None):
-        self.step += 1
-        if self.weights_every and self.step % self.weights_every == 0:
+        before, self.step = self.step, self.step + self.steps_in_call(batch)
+        if crossed(before, self.step, self.weights_every):
             for head, weight in (current_weights(self.model) or {}).items():
                 self.writer("train").scalar(f"step/{head}/loss_weight", weight, self.step)
             for head, weight in (current_trunk_weights(self.model) or {}).items():
                 self.writer("train").scalar(f"step/{head}/trunk_weight", weight, self.step)
-        if self.every_steps and logs and self.step % self.every_steps == 0:
+        if logs and crossed(before, self.step, self.every_steps):
             writer = self.writer("train")
             for key, value in logs.items():
                 group, name = split_log_key(key, self.heads)

@@ -130,6 +130,32 @@ def compile_model(model: keras.Model, recipe, *, total_steps: int = 1) -> keras.
     return model
 
 
+def set_step_options(model: keras.Model, recipe, *, steps_per_epoch: int) -> None:
+    """How the training step runs: ``jit_compile`` when the recipe fixes it (auto: Keras's
+    choice, as measured in docs/performance.md) and the steps per call
+    (``train.steps_per_execution``, see ``steps_per_call``). Set after compiling, so that they
+    stay out of the compile config, and so out of model.keras, which every backend loads
+    (PyTorch refuses more than one step per call)."""
+    if recipe.train.jit_compile != "auto":
+        model.jit_compile = recipe.train.jit_compile
+    set_steps_per_call(model, steps_per_call(recipe.train.steps_per_execution, steps_per_epoch))
+
+
+def steps_per_call(requested: int, steps: int) -> int:
+    """The most training steps per call, up to ``requested``, that divide an epoch's
+    ``steps``: Keras runs whole calls, and a call that crossed the epoch's end would train on
+    the next epoch's batches."""
+    return max(d for d in range(1, max(min(requested, steps), 1) + 1) if steps % d == 0)
+
+
+def set_steps_per_call(model: keras.Model, count: int) -> None:
+    """Keras's ``steps_per_execution``; the step functions are made again when it changes
+    (TensorFlow traces the count into them)."""
+    if model.steps_per_execution != count:
+        model.steps_per_execution = count
+        model.train_function = model.test_function = model.predict_function = None
+
+
 def _optimizer(spec, learning_rate) -> keras.optimizers.Optimizer:
     common = {"learning_rate": learning_rate}
     if spec.clipnorm is not None:

@@ -220,9 +220,27 @@ def _read_train(sec: Section) -> TrainSpec:
         precise_bn=sec.get("precise_bn", int, 8, every(non_negative, at_most(100_000))),
         precision=sec.choice("precision", PRECISIONS, "float32"),
         jit_compile=_jit_compile(sec),
+        steps_per_execution=sec.get("steps_per_execution", int, 1,
+                                    every(positive, at_most(100_000))),
         distribute=_distribute(sec),
     )
+    _check_steps_per_execution(sec, spec)
     return spec
+
+
+def _check_steps_per_execution(sec: Section, spec: TrainSpec) -> None:
+    if spec.steps_per_execution == 1:
+        return
+    if spec.on_nonfinite == "skip":
+        raise RecipeError(sec.sub("steps_per_execution"), f"must be 1 with on_nonfinite: skip,"
+                          f" which undoes one step at a time (got {spec.steps_per_execution})")
+    if BUILD_CHECKS.get():  # Keras is imported: its backend is known
+        import keras
+
+        if keras.backend.backend() == "torch":
+            raise RecipeError(sec.sub("steps_per_execution"), f"must be 1 on the torch backend,"
+                              f" which runs one step per call (got"
+                              f" {spec.steps_per_execution})")
 
 
 def _distribute(sec: Section) -> str:

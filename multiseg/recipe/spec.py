@@ -155,6 +155,10 @@ class TrainSpec:
     # auto | true | false: XLA compilation of the training step (auto: what is measured
     # fastest on the backend and device, see multiseg.models.build.choose_jit_compile).
     jit_compile: bool | str = "auto"
+    # Training steps per call into the compiled step (Keras's steps_per_execution): the host
+    # dispatches them without waiting for the device, and callbacks (progress, logs, guards)
+    # run once per call. 1 on PyTorch, and with on_nonfinite: skip.
+    steps_per_execution: int = 1
     # none | mirrored | multi_worker (TensorFlow) | data_parallel (JAX): batch_size is the
     # global batch, split across replicas (multiseg.distribute).
     distribute: str = "none"

@@ -11,7 +11,8 @@
 #
 # Environment: BENCH_SIZES ("256 512"), BENCH_PRECISIONS ("float32 bfloat16"), BENCH_BATCH (8),
 # BENCH_STEPS (20), BENCH_REPEATS (3), BENCH_WARMUP (3), BENCH_CONTENDERS (step.py's default;
-# e.g. multiseg,multiseg-model,keras to split a gap), BENCH_PIPELINE and BENCH_STARTUP (1; 0
+# e.g. multiseg,multiseg-model,keras to split a gap), BENCH_PER_CALL (8: a race at that many
+# steps per call, train.steps_per_execution; 0 skips), BENCH_PIPELINE and BENCH_STARTUP (1; 0
 # skips the pipeline or the start-up runs); BENCH_QUICK=1 for tiny sizes that
 # check on any machine that it runs. PYTHON picks the interpreter (default python3). Keras is
 # not on that machine: wheels in .whl/ at the repository root (docs/performance.md says which)
@@ -55,6 +56,16 @@ for precision in ${BENCH_PRECISIONS:-float32 bfloat16}; do
       --json "$out/$name.json" 2>&1 | tee -a "$log" || status=1
   done
 done
+# Several steps per call (train.steps_per_execution) at the smallest size, where the host's
+# work between steps weighs most: multiseg and the hand-written Keras model, both at
+# BENCH_PER_CALL steps per call (default 8; 0 skips), float32 only.
+per_call="${BENCH_PER_CALL:-8}"
+if [[ "$per_call" -gt 1 && " ${BENCH_PRECISIONS:-float32 bfloat16} " == *" float32 "* ]]; then
+  smallest="${sizes%% *}"
+  name="step-${smallest}-float32-per-call-${per_call}"
+  echo "== $name ($((SECONDS - started)) s so far)" | tee -a "$log"
+  "$python" "$here/step.py" --size "$smallest" --batch "$batch"     --steps "$(( (steps + per_call - 1) / per_call * per_call ))" --repeats "$repeats"     --warmup "$per_call" --steps-per-execution "$per_call" --no-gradflow     --contenders multiseg,keras --json "$out/$name.json" 2>&1 | tee -a "$log" || status=1
+fi
 # The input pipeline alone against what training consumes, at the largest size (float32 only,
 # as the start-up runs below).
 if [[ "${BENCH_PIPELINE:-1}" == 1 && " ${BENCH_PRECISIONS:-float32 bfloat16} " == *" float32 "* ]]; then

@@ -180,8 +180,10 @@ def plan(args) -> tuple[dict, list[str], dict]:
     overrides = [*args.overrides, f"data.image_size=[{size}, {size}]",
                  f"train.batch_size={batch}", f"data.train={4 * batch}", f"data.val={batch}",
                  "train.epochs=1",
-                 f"train.steps_per_epoch={total_steps(args.warmup, args.repeats, args.steps)}",
-                 f"train.precision={PRECISIONS[args.precision]}"]
+                 f"train.steps_per_epoch="
+                 f"{total_steps(args.warmup, args.repeats, args.steps, args.per_call)}",
+                 f"train.precision={PRECISIONS[args.precision]}",
+                 f"train.steps_per_execution={args.per_call}"]
     recipe = recipe_lib.load(args.recipe, overrides, build=False)
 
     from multiseg.data import build_data  # imports no framework: the source's channels
@@ -200,7 +202,7 @@ def plan(args) -> tuple[dict, list[str], dict]:
     config = {"recipe": os.path.abspath(args.recipe), "overrides": overrides, "spec": spec,
               "size": size, "batch": batch, "steps": args.steps, "warmup": args.warmup,
               "repeats": args.repeats, "precision": args.precision, "seed": base.seed,
-              "gradflow_repeats": args.gradflow_repeats}
+              "gradflow_repeats": args.gradflow_repeats, "steps_per_execution": args.per_call}
     return config, chosen, notes
 
 
@@ -284,7 +286,8 @@ def summarise(args, config: dict, results: dict, notes: dict, gradflow: dict | N
             "host_peak_mb": last["host_peak_mb"], "rss_after_imports_mb": ready["rss_imports_mb"],
             "device_peak_mb": last["device_peak_mb"], "device": last["device"],
             **{k: ready.get(k) for k in ("params", "compute_dtype", "jit_compile", "backend",
-                                         "versions", "tensorflow_imported", "threads")},
+                                         "versions", "tensorflow_imported", "threads",
+                                         "steps_per_execution")},
             "step_medians_s": per_rep, "step_times_s": [b["times"] for b in blocks],
         }
         if ours:
@@ -327,7 +330,10 @@ def report(out: dict) -> str:
     lines = [f"{c['size']}x{c['size']} batch {c['batch']}, {c['precision']}, Keras backend"
              f" {m['keras_backend']}; {m['cpu']} ({device})",
              f"medians of {c['repeats']} interleaved repetitions of {c['steps']} steps (after"
-             f" {c['warmup']} warm-up steps); multiseg's speed and memory relative to each,"
+             f" {c['warmup']} warm-up steps"
+             + (f"; Keras contenders run {c['steps_per_execution']} steps per call, PyTorch one"
+                if c.get("steps_per_execution", 1) > 1 else "")
+             + "); multiseg's speed and memory relative to each,"
              " side by side;"
              " load average before / after: "
              + " / ".join("?" if x is None else f"{x:.1f}" for x in load)]
@@ -371,6 +377,9 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--repeats", type=int, default=5,
                         help="interleaved turns of each contender (default 5)")
     parser.add_argument("--precision", choices=sorted(PRECISIONS), default="float32")
+    parser.add_argument("--steps-per-execution", dest="per_call", type=int, default=1,
+                        help="training steps per call of the Keras contenders (Keras's"
+                             " steps_per_execution; --steps and --warmup are multiples of it)")
     parser.add_argument("--contenders", type=lambda s: [c.strip() for c in s.split(",")],
                         default=list(DEFAULT_CONTENDERS),
                         help=f"comma-separated, of {','.join(CONTENDERS)} (default"
@@ -392,6 +401,9 @@ def parse_args(argv: list[str] | None):
         parser.error(f"unknown contender(s) {unknown}; choose from {', '.join(CONTENDERS)}")
     if min(args.steps, args.repeats, args.every) < 1 or args.warmup < 0:
         parser.error("--steps, --repeats and --every must be at least 1, --warmup at least 0")
+    if args.per_call < 1 or args.steps % args.per_call or args.warmup % args.per_call:
+        parser.error(f"--steps ({args.steps}) and --warmup ({args.warmup}) must be multiples of"
+                     f" --steps-per-execution ({args.per_call}), which is at least 1")
     if "multiseg" not in args.contenders:
         args.contenders.insert(0, "multiseg")
     return args

@@ -79,9 +79,12 @@ def device_memory(framework: str) -> dict:
 
 
 class Blocks:
-    """The step clock and the protocol; ``tick()`` at the end of every training step."""
+    """The step clock and the protocol; ``tick(steps)`` at the end of every call of
+    ``steps`` training steps (``per_call``: the steps of each call, Keras's
+    ``steps_per_execution``; the warm-up and a turn's steps are whole calls)."""
 
-    def __init__(self, config: dict, framework: str, info=None, gradflow=None):
+    def __init__(self, config: dict, framework: str, info=None, gradflow=None, per_call=1):
+        self.per_call = per_call
         self.warmup = config["warmup"]
         self.steps = config["steps"]
         self.framework = framework
@@ -104,19 +107,19 @@ class Blocks:
         self.begun = time.perf_counter()
         self.last = self.begun
 
-    def tick(self) -> None:
+    def tick(self, steps: int = 1) -> None:
         now = time.perf_counter()
-        self.count += 1
-        if self.count == 1:
+        self.count += steps
+        if self.count == steps:
             self.first = now - self.last
-        elif self.count > 1 + self.warmup:
-            self.times.append(now - self.last)
-        if self.count == 1 + self.warmup:
+        elif self.count > self.per_call + self.warmup:
+            self.times.extend([(now - self.last) / steps] * steps)
+        if self.count == self.per_call + self.warmup:
             send("ready", first_step_s=self.first, imports_s=self.imports_s,
                  setup_s=self.begun - STARTED - self.imports_s,
                  rss_imports_mb=self.rss_imports_mb, **self.memory(), **self.info())
             self.wait()
-        elif len(self.times) == self.steps:
+        elif len(self.times) >= self.steps:
             send("block", times=self.times, **self.memory())
             self.times = []
             self.wait()
@@ -136,15 +139,16 @@ class Blocks:
             os._exit(0)  # "quit", or step.py is gone: nothing here is worth finishing
 
 
-def total_steps(warmup: int, repeats: int, steps: int) -> int:
-    """Steps of a contender's one epoch: the first, the warm-up, the timed ones, and one more
-    that is never reached, so that no timed step is the epoch's last (multiseg's precise batch
-    norm runs at the end of the last)."""
-    return 1 + warmup + repeats * steps + 1
+def total_steps(warmup: int, repeats: int, steps: int, per_call: int = 1) -> int:
+    """Steps of a contender's one epoch: the first call, the warm-up, the timed ones, and one
+    more call that is never reached, so that no timed step is the epoch's last (multiseg's
+    precise batch norm runs at the end of the last)."""
+    return per_call + warmup + repeats * steps + per_call
 
 
 def planned(config: dict) -> int:
-    return total_steps(config["warmup"], config["repeats"], config["steps"])
+    return total_steps(config["warmup"], config["repeats"], config["steps"],
+                       config["steps_per_execution"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,6 +163,7 @@ def keras_info(model) -> dict:
     return {"params": int(model.count_params()), "backend": keras.backend.backend(),
             "compute_dtype": convs[0].compute_dtype if convs else None,
             "jit_compile": bool(getattr(model, "jit_compile", False)),
+            "steps_per_execution": int(model.steps_per_execution),
             "versions": {"keras": keras.__version__, **backend_versions()},
             "tensorflow_imported": "tensorflow" in sys.modules}
 
@@ -181,8 +186,11 @@ def clock_callback(blocks: Blocks, on_begin=None):
                 on_begin(self.model)
             blocks.start()
 
+        def on_train_batch_begin(self, batch, logs=None):
+            self.first_batch = batch
+
         def on_train_batch_end(self, batch, logs=None):
-            blocks.tick()
+            blocks.tick(batch - self.first_batch + 1)
 
     return Clock()
 
@@ -210,7 +218,8 @@ def run_multiseg(config: dict) -> None:
         costs = probe_costs(recipe, trained["model"], data, config["gradflow_repeats"])
         return {**costs, "heads": len(recipe.heads)}
 
-    blocks = Blocks(config, keras.backend.backend(), gradflow=gradflow)
+    blocks = Blocks(config, keras.backend.backend(), gradflow=gradflow,
+                    per_call=config["steps_per_execution"])
     blocks.imported()
     blocks.info = lambda: keras_info(trained["model"])
     clock = clock_callback(blocks, on_begin=lambda model: trained.update(model=model))
@@ -224,16 +233,17 @@ def run_multiseg_model(config: dict) -> None:
     keras = import_keras()
     from multiseg import recipe as recipe_lib
     from multiseg.data import build_data
-    from multiseg.models.build import build_model, compile_model
+    from multiseg.models.build import build_model, compile_model, set_step_options
     from multiseg.trainer import dtype_policy
 
     recipe = recipe_lib.load(config["recipe"], config["overrides"])  # writes no run directory
-    blocks = Blocks(config, keras.backend.backend())
+    blocks = Blocks(config, keras.backend.backend(), per_call=config["steps_per_execution"])
     blocks.imported()
     data = build_data(recipe, frequencies=False, log_report=False)
     with dtype_policy(recipe.train.precision):
         model = build_model(recipe, channels=data.channels)
     compile_model(model, recipe, total_steps=planned(config))
+    set_step_options(model, recipe, steps_per_epoch=planned(config))
     batches = [data.train.global_batch(step) for step in range(2)]
     blocks.info = lambda: keras_info(model)
     model.fit(feed(batches, keras.backend.backend()), steps_per_epoch=planned(config),
@@ -245,7 +255,7 @@ def run_keras(config: dict) -> None:
     import handmade_keras
     import keras
 
-    blocks = Blocks(config, keras.backend.backend())
+    blocks = Blocks(config, keras.backend.backend(), per_call=config["steps_per_execution"])
     blocks.imported()
     if config["precision"] == "bfloat16":
         keras.config.set_dtype_policy("mixed_bfloat16")
@@ -254,6 +264,7 @@ def run_keras(config: dict) -> None:
     spec = config["spec"]
     model = handmade_keras.compile_model(
         handmade_keras.build_model(spec, size=config["size"]), spec)
+    model.steps_per_execution = config["steps_per_execution"]
     batches = handmade.synthetic_batches(spec, size=config["size"], batch=config["batch"],
                                          count=2, seed=config["seed"])
 
