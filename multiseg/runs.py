@@ -358,7 +358,7 @@ def describe(recipe, model: keras.Model, data, recipe_path: str | None = None) -
         f"data: {d.source.kind}, {data.train.count} train / {data.val.count} val samples of"
         f" {d.image_size[0]} x {d.image_size[1]} (height x width), {data.channels} channels",
         f"training: batch {recipe.train.batch_size}, {len(data.train)} steps/epoch,"
-        f" {recipe.train.epochs} epochs, {recipe.train.precision}, {_compiler()}"
+        f" {epochs_text(recipe.train.epochs)}, {recipe.train.precision}, {_compiler()}"
         f" {'on' if model.jit_compile else 'off'}"
         + (" (jit_compile: auto)" if recipe.train.jit_compile == "auto" else "")
         + _steps_per_call_text(recipe.train.steps_per_execution, model.steps_per_execution,

@@ -188,3 +188,13 @@ def test_a_call_never_crosses_the_end_of_an_epoch(requested, steps, chosen):
     assert steps_per_call(requested, steps) == chosen
     assert steps % chosen == 0 and not any(
         steps % d == 0 for d in range(chosen + 1, requested + 1))
+
+
+def test_the_summary_says_how_many_steps_run_per_call():
+    from multiseg.runs import _steps_per_call_text
+
+    assert _steps_per_call_text(1, 1, 5) == ""
+    assert _steps_per_call_text(8, 8, 48) == ", 8 steps per call"
+    assert _steps_per_call_text(8, 1, 37) == (
+        ", 1 step per call (train.steps_per_execution 8: the most that divide the 37 steps of"
+        " an epoch)")
