@@ -24,9 +24,10 @@ def load_model(path, *, compile: bool = True):
     import multiseg.losses  # noqa: F401  (registers the loss classes)
     import multiseg.metrics  # noqa: F401
     import multiseg.models.layers  # noqa: F401
+    from multiseg.models.initial import values_from_the_file
     from multiseg.models.legacy import current_names
 
-    with current_names(path) as path:
+    with current_names(path) as path, values_from_the_file():
         if not (compile and _float16_layers(path)):
             return keras.saving.load_model(path, compile=compile, safe_mode=True)
         # The model object's own policy is not saved, only its layers': under the default

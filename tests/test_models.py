@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from multiseg.models import build_model, layer_owner, naming, parameter_counts
-from multiseg.models.initial import initialized_together
+from multiseg.models.initial import initialized_together, values_from_the_file
 from multiseg.models.layers import (
     CropToMatch,
     GradientScale,
@@ -434,6 +434,52 @@ class TestInitialWeights:
         assert found["seed_states"] and all(found["seed_states"])  # dropout's random state
         assert found["output_diff"] < 1e-5
         assert found["left_pending"] == 0  # a failed build leaves nothing deferred behind
+
+    def test_a_loaded_model_holds_the_files_values_and_no_initializer_ran(
+            self, tiny_recipe, tmp_path, monkeypatch):
+        from multiseg import load_model
+        from multiseg.models.build import compile_model
+
+        model = build_model(tiny_recipe, channels=3)
+        compile_model(model, tiny_recipe)
+        rng = np.random.default_rng(0)
+        images = rng.random((8, 32, 32, 3), dtype=np.float32)
+        targets = {"mask": rng.integers(0, 4, (8, 32, 32, 1)).astype(np.float32),
+                   "boundary": (rng.random((8, 32, 32, 1)) < 0.2).astype(np.float32),
+                   "shape": rng.integers(0, 3, (8,)).astype(np.float32)}
+        model.fit(images, targets, batch_size=4, epochs=1, verbose=0)  # optimizer state too
+        path = str(tmp_path / "model.keras")
+        model.save(path)
+        if keras.backend.backend() == "jax":  # the file's values replace every random one
+            def refused(*args, **kwargs):
+                raise AssertionError("a random initializer ran while loading")
+
+            monkeypatch.setattr(keras.initializers.VarianceScaling, "__call__", refused)
+        loaded = load_model(path)
+        saved = model.variables + model.optimizer.variables
+        again = loaded.variables + loaded.optimizer.variables
+        assert len(again) == len(saved) > 100
+        for a, b in zip(saved, again, strict=True):
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(a),
+                                          keras.ops.convert_to_numpy(b), err_msg=a.path)
+
+    def test_a_variable_the_file_lacks_gets_its_own_initializer(self):
+        glorot = keras.initializers.GlorotUniform(seed=3)
+        with values_from_the_file():
+            missing = keras.Variable(initializer=glorot, shape=(3, 4))
+            filled = keras.Variable(initializer=keras.initializers.HeNormal(seed=4),
+                                    shape=(3, 4))
+            filled.assign(np.full((3, 4), 7.0, np.float32))
+            constants = [keras.Variable(initializer=init, shape=(2, 5)) for init in (
+                "zeros", "ones", keras.initializers.Constant(2.5))]
+        expected = keras.ops.convert_to_numpy(glorot((3, 4), dtype="float32"))
+        assert np.abs(expected).max() > 0
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(missing), expected)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(filled), np.full((3, 4), 7.0))
+        for variable, value in zip(constants, (0.0, 1.0, 2.5), strict=True):
+            assert variable.dtype == "float32"
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable),
+                                          np.full((2, 5), value))
 
     def test_variables_inside_have_values_once_the_block_ends(self):
         with initialized_together():
