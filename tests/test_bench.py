@@ -330,3 +330,15 @@ class TestStartup:
         assert first > out["steady_step"] > 0
         assert 0 < out["to_second_step"] < sum(stages.values()) <= wall
         assert "first step =" in done.stdout
+
+
+class TestLoad:
+    def test_times_both_loaders_in_new_processes(self, trained_tiny, capsys):
+        import load
+
+        assert load.main([os.path.join(trained_tiny.run_dir, "model.keras"),
+                          "--repeats", "1"]) == 0
+        out = capsys.readouterr().out
+        counts = {line.split(" (")[1] for line in out.splitlines() if " variables)" in line}
+        assert len(counts) == 1  # both loaders built the same model
+        assert "median load multiseg.load_model" in out and "of Keras's time" in out
