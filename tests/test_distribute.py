@@ -160,6 +160,20 @@ class TestRecipe:
         with pytest.raises(RecipeError, match=r"^train\.gradflow\.every: gradflow snapshots"):
             from_dict(tiny_raw)
 
+    def test_several_steps_per_call_are_refused_under_a_strategy(self, tiny_raw):
+        import keras
+
+        tiny_raw["train"]["steps_per_execution"] = 4
+        if keras.backend.backend() == "jax":  # one program over the global batch: any count
+            tiny_raw["train"]["distribute"] = "data_parallel"
+            assert from_dict(tiny_raw).train.steps_per_execution == 4
+            return
+        tiny_raw["train"]["distribute"] = "mirrored"
+        with pytest.raises(RecipeError, match=r"^train\.steps_per_execution: Keras runs one"
+                                              r" step per call under train\.distribute: "
+                                              r"mirrored"):
+            from_dict(tiny_raw)
+
     def test_learned_weighting_is_refused_under_a_strategy(self, tiny_raw):
         tiny_raw["train"].update(distribute="mirrored", weighting="dwa")
         with pytest.raises(RecipeError, match=r"^train\.weighting: dwa updates its state"):

@@ -99,6 +99,14 @@ def recipe_problems(recipe) -> list[tuple[str, str]]:
                       f" which under train.distribute: {name} every replica would do on its"
                       " own share of the batch; use static weights here, or data_parallel on"
                       " JAX (one program over the global batch)"))
+    if recipe.train.steps_per_execution > 1:
+        # Keras 3.15's loop of several steps in one tf.function fails under a
+        # MirroredStrategy ("You must feed a value for placeholder tensor"), a plain Keras
+        # model too (keras-team/keras#19246).
+        found.append(("train.steps_per_execution",
+                      f"Keras runs one step per call under train.distribute: {name} (its loop"
+                      " of several fails under a TensorFlow strategy); set it to 1, or use"
+                      " data_parallel on JAX"))
     if recipe.train.gradflow.every:
         found.append(("train.gradflow.every",
                       f"gradflow snapshots are not taken under train.distribute: {name} (the"
