@@ -331,7 +331,9 @@ def report(out: dict) -> str:
              f" {m['keras_backend']}; {m['cpu']} ({device})",
              f"medians of {c['repeats']} interleaved repetitions of {c['steps']} steps (after"
              f" {c['warmup']} warm-up steps"
-             + (f"; Keras contenders run {c['steps_per_execution']} steps per call, PyTorch one"
+             + (f"; Keras contenders run {c['steps_per_execution']} steps per call"
+                + (", PyTorch one" if any(n.startswith("torch") for n in out["contenders"])
+                   else "")
                 if c.get("steps_per_execution", 1) > 1 else "")
              + "); multiseg's speed and memory relative to each,"
              " side by side;"
