@@ -57,6 +57,7 @@ from multiseg.losses import check_targets
 from multiseg.metrics import LossTerm
 from multiseg.models.build import (
     build_model,
+    build_training_variables,
     compile_model,
     head_losses,
     head_metrics,
@@ -167,6 +168,7 @@ def _train(recipe, *, fresh: bool, verbose: int | str, recipe_path: str | None,
     steps = len(data.train)
     compile_model(model, recipe, total_steps=steps * recipe.train.epochs)
     set_step_options(model, recipe, steps_per_epoch=steps)
+    build_training_variables(model, data.train[0])
     if verbose:
         print(describe(recipe, model, data, recipe_path), flush=True)
 
@@ -175,7 +177,6 @@ def _train(recipe, *, fresh: bool, verbose: int | str, recipe_path: str | None,
     found = state.checkpoint  # what check_run_dir found; None after --fresh emptied the run
     if found is not None:
         initial_epoch, initial_step, path = found
-        model.optimizer.build(model.trainable_variables)
         model.load_weights(path)
         restore_rng_state(model, checkpoint_dir, path)
         if verbose and initial_epoch >= recipe.train.epochs:

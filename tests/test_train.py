@@ -245,8 +245,12 @@ class TestResume:
             def on_epoch_end(self, epoch, logs=None):
                 self.model.stop_training = True
 
-        first = train(recipe, verbose=0, extra_callbacks=[Stop()])
+        at_start = _StateAtStart()
+        first = train(recipe, verbose=0, extra_callbacks=[Stop(), at_start])
         assert first.model.optimizer.iterations.numpy() == 1
+        # Every variable existed before the first step: TensorFlow traces a step that creates
+        # variables twice (multiseg.models.build.build_training_variables).
+        assert at_start.count == _state_size(first.model) > len(first.model.variables)
         second = train(recipe, verbose=0)
         optimizer = second.model.optimizer
         assert optimizer.iterations.numpy() == 2
@@ -261,6 +265,19 @@ class TestResume:
             train(from_dict(tiny_raw), verbose=0)
         result = train(from_dict(tiny_raw), verbose=0, fresh=True)
         assert result.epochs_run == 1
+
+
+class _StateAtStart(keras.callbacks.Callback):
+    """How many variables the model, its metrics and its optimizer have as training begins,
+    before the training step is first traced."""
+
+    def on_train_begin(self, logs=None):
+        self.count = _state_size(self.model)
+
+
+def _state_size(model) -> int:
+    return (len(model.variables) + len(model.metrics_variables)
+            + len(model.optimizer.variables))
 
 
 def _snapshot(run_dir) -> dict:

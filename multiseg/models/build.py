@@ -130,6 +130,15 @@ def compile_model(model: keras.Model, recipe, *, total_steps: int = 1) -> keras.
     return model
 
 
+def build_training_variables(model: keras.Model, batch) -> None:
+    """Creates the variables of the compiled losses, metrics and optimizer from ``batch``'s
+    shapes, before the first training step. On TensorFlow without a strategy Keras would
+    create them inside the first trace of the step, and TensorFlow traces a function that
+    created variables a second time (the default recipe's first step: 6.9 s against 3.7 s).
+    This is what Keras itself does on JAX and under a TensorFlow strategy."""
+    model._symbolic_build(data_batch=batch)
+
+
 def set_step_options(model: keras.Model, recipe, *, steps_per_epoch: int) -> None:
     """How the training step runs: ``jit_compile`` when the recipe fixes it (auto: Keras's
     choice, as measured in docs/performance.md) and the steps per call

@@ -42,6 +42,7 @@ TRAINER_STAGES = (
     ("prepare_run_dir", "run directory written"),
     ("build_model", "model build"),
     ("compile_model", "compile"),
+    ("build_training_variables", "loss, metric and optimizer variables"),
     ("describe", "start-up summary"),
     ("TensorBoardLogs", "TensorBoard writers, preview"),
     ("check_inference_mode", "inference-mode check"),
