@@ -233,7 +233,12 @@ def run_multiseg_model(config: dict) -> None:
     keras = import_keras()
     from multiseg import recipe as recipe_lib
     from multiseg.data import build_data
-    from multiseg.models.build import build_model, compile_model, set_step_options
+    from multiseg.models.build import (
+        build_model,
+        build_training_variables,
+        compile_model,
+        set_step_options,
+    )
     from multiseg.trainer import dtype_policy
 
     recipe = recipe_lib.load(config["recipe"], config["overrides"])  # writes no run directory
@@ -245,6 +250,7 @@ def run_multiseg_model(config: dict) -> None:
     compile_model(model, recipe, total_steps=planned(config))
     set_step_options(model, recipe, steps_per_epoch=planned(config))
     batches = [data.train.global_batch(step) for step in range(2)]
+    build_training_variables(model, batches[0])
     blocks.info = lambda: keras_info(model)
     model.fit(feed(batches, keras.backend.backend()), steps_per_epoch=planned(config),
               epochs=1, verbose=0, callbacks=[clock_callback(blocks)])
