@@ -138,6 +138,8 @@ class PreciseBatchNorm(keras.callbacks.Callback):
         count: batches to average over (at most one epoch's).
     """
 
+    takes_device_logs = True  # it reads no logs (multiseg.callbacks.dispatch)
+
     def __init__(self, batch_images: Callable[[int], np.ndarray], *, steps_per_epoch: int,
                  count: int):
         super().__init__()

@@ -26,6 +26,7 @@ from multiseg.batchnorm import (
 )
 from multiseg.callbacks import (
     AtomicCheckpoint,
+    DeviceLogCallbacks,
     GradflowLogger,
     HeadLogs,
     InterruptGuard,
@@ -226,7 +227,10 @@ def _train(recipe, *, fresh: bool, verbose: int | str, recipe_path: str | None,
             history = model.fit(feed,
                                 steps_per_epoch=steps - initial_step, shuffle=False,
                                 validation_data=validation, epochs=initial_epoch + 1,
-                                initial_epoch=initial_epoch, callbacks=callbacks,
+                                initial_epoch=initial_epoch,
+                                callbacks=DeviceLogCallbacks(callbacks, model=model,
+                                                             epochs=initial_epoch + 1,
+                                                             steps=steps - initial_step),
                                 verbose=0)
             initial_epoch += 1
         if initial_epoch < epochs and not (interrupt.requested or nonfinite.failure):
@@ -235,7 +239,9 @@ def _train(recipe, *, fresh: bool, verbose: int | str, recipe_path: str | None,
             set_steps_per_call(model, steps_per_call(recipe.train.steps_per_execution, steps))
             history = model.fit(feed,
                                 steps_per_epoch=steps, shuffle=False, validation_data=validation,
-                                epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+                                epochs=epochs, initial_epoch=initial_epoch,
+                                callbacks=DeviceLogCallbacks(callbacks, model=model,
+                                                             epochs=epochs, steps=steps),
                                 verbose=0)
     finally:
         tensorboard.close()

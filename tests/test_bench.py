@@ -342,3 +342,23 @@ class TestLoad:
         counts = {line.split(" (")[1] for line in out.splitlines() if " variables)" in line}
         assert len(counts) == 1  # both loaders built the same model
         assert "median load multiseg.load_model" in out and "of Keras's time" in out
+
+
+class TestDispatch:
+    def test_times_both_callback_lists_in_new_processes(self, tmp_path, capsys):
+        import dispatch
+
+        path = tmp_path / "dispatch.json"
+        assert dispatch.main([SHAPES, *[arg for override in [*SMALL, "data.train=12"]
+                                        for arg in ("--set", override)],
+                              "--repeats", "1", "--warmup", "1", "--json", str(path)]) == 0
+        out = json.loads(path.read_text())
+        # 3 steps an epoch, the clock from the end of the first to the end of the second.
+        assert set(out["steps_per_second"]) == {"multiseg", "keras"}
+        # Each ran with its own list: Keras's hands every callback numbers.
+        assert out["logs_as_numbers"] == {"multiseg": False, "keras": True}
+        assert all(len(rates) == 1 and rates[0] > 0
+                   for rates in out["steps_per_second"].values())
+        assert out["ratio"] == pytest.approx(
+            out["medians"]["multiseg"] / out["medians"]["keras"])
+        assert "multiseg's against Keras's" in capsys.readouterr().out

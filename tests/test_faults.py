@@ -210,6 +210,26 @@ class TestNonFinite:
         assert (epoch, step) == (1, 0)
         assert not os.path.exists(os.path.join(recipe.output, "metrics.json"))
 
+    def test_stop_reads_a_step_at_the_next_one_and_names_it(self, tiny_raw):
+        # 3 steps an epoch: a bad first step of epoch 2 is read at the end of the second
+        # (multiseg.callbacks.dispatch), which is the last one trained.
+        tiny_raw["data"]["train"] = 24
+        tiny_raw["train"]["epochs"] = 3
+        recipe = from_dict(tiny_raw)
+
+        class Trained(keras.callbacks.Callback):
+            def on_train_end(self, logs=None):
+                self.steps = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+        trained = Trained()
+        with pytest.raises(NonFiniteLoss) as info:
+            train(recipe, verbose=0,
+                  extra_callbacks=[_PoisonHead("mask-logits", 1, 0), trained])
+        assert "epoch 2, step 1 (global step 4)" in str(info.value)
+        assert trained.steps == 5
+        epoch, step, _ = latest_checkpoint(os.path.join(recipe.output, "checkpoints"))
+        assert (epoch, step) == (1, 0)
+
     def test_skip_restores_and_continues(self, tiny_raw):
         tiny_raw["train"].update(epochs=2, on_nonfinite="skip")
         recipe = from_dict(tiny_raw)

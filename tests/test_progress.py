@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+from multiseg.callbacks.dispatch import DeviceLogCallbacks
 from multiseg.callbacks.progress import Progress, epoch_table, format_duration
 
 # "mask" and "mask_fine" share a prefix: their keys must not be mixed up.
@@ -188,13 +189,17 @@ class TestProgress:
                          ["epoch 3/4", "step 6/8"]]
         assert "\r" not in out.getvalue()
 
-    def test_interactive_bar(self, model):
+    # Keras's callback list hands it numbers; multiseg's trainer, the backend's arrays.
+    @pytest.mark.parametrize("logs", ["numbers", "device arrays"])
+    def test_interactive_bar(self, model, logs):
         x, y = _data()
         out = io.StringIO()
         progress = Progress(WEIGHTS, MAIN, epochs=2, stream=out, interactive=True, width=60)
         progress.redraw_seconds = 0
+        callbacks = ([progress] if logs == "numbers" else
+                     DeviceLogCallbacks([progress], model=model, epochs=1, steps=4))
         history = model.fit(x, y, batch_size=2, epochs=1, verbose=0, validation_data=(x, y),
-                            callbacks=[progress]).history
+                            callbacks=callbacks).history
         text = out.getvalue()
         assert "\x1b" not in text  # the bar is redrawn with "\r" and spaces only
         drawn = [part for line in text.split("\n") for part in line.split("\r")

@@ -5,7 +5,9 @@
 - ``guards``: non-finite losses named and stopped or skipped, Ctrl-C checkpointed first;
 - ``gradflow``: per-head gradient snapshots into TensorBoard (``GradflowLogger``);
 - ``progress``: the compact training display, a bar and one table per epoch (``Progress``);
-- ``pictures``: images, targets and predictions as RGB tiles for TensorBoard.
+- ``pictures``: images, targets and predictions as RGB tiles for TensorBoard;
+- ``dispatch``: the callback list that spares the host a wait for the device every step
+  (``DeviceLogCallbacks``); ``steps``: step counting over several steps per call.
 """
 
 from multiseg.callbacks.checkpoints import (
@@ -17,6 +19,7 @@ from multiseg.callbacks.checkpoints import (
     seed_states,
     write_json_atomic,
 )
+from multiseg.callbacks.dispatch import DeviceLogCallbacks
 from multiseg.callbacks.gradflow import GradflowLogger
 from multiseg.callbacks.guards import (
     InterruptGuard,
@@ -38,7 +41,8 @@ from multiseg.errors import TrainingInterrupted
 from multiseg.runs import latest_checkpoint
 
 __all__ = [
-    "AtomicCheckpoint", "CheckpointWriteError", "GradflowLogger", "HeadLogs", "InterruptGuard",
+    "AtomicCheckpoint", "CheckpointWriteError", "DeviceLogCallbacks", "GradflowLogger", "HeadLogs",
+    "InterruptGuard",
     "NonFiniteGuard", "NonFiniteLoss", "TensorBoardLogs", "TrainingInterrupted",
     "current_learning_rate", "epoch_logs", "latest_checkpoint", "nest_logs",
     "nonfinite_culprits", "restore_rng_state", "rng_state", "save_model_atomic", "seed_states",

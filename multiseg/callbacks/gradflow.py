@@ -48,6 +48,8 @@ class GradflowLogger(StepCounting):
         histograms, image: write the histograms and the chart image (the costly parts).
     """
 
+    takes_device_logs = True  # it reads no logs (multiseg.callbacks.dispatch)
+
     def __init__(self, *, losses: Mapping[str, Any], loss_weights: Mapping[str, float],
                  batch: tuple, every: int, logdir: str, mode: str = "weighted",
                  histograms: bool = True, image: bool = True, recipe: str | None = None,

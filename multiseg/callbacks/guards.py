@@ -46,7 +46,16 @@ class NonFiniteGuard(StepCounting):
     ``mode="stop"`` ends training, keeps the last good checkpoint (the cut epoch is not saved)
     and leaves the message in ``self.failure``. ``mode="skip"`` restores the weights and
     optimizer state from before the bad step and goes on, up to ``max_skipped`` steps in a row.
+
+    It takes the step's logs as device arrays (``multiseg.callbacks.dispatch``). To stop, it
+    reads a step's loss at the end of the next step, whose dispatch then has not waited for
+    it: a bad step is named exactly, and training stops one step later, which changes
+    nothing kept since the cut epoch is not saved. The last step of an epoch is read at once,
+    before validation and the epoch's checkpoint; skipping reads every step at once, since
+    it must undo the step before the next one.
     """
+
+    takes_device_logs = True
 
     def __init__(self, heads, checkpoint: AtomicCheckpoint, *, mode: str = "stop",
                  max_skipped: int = 10):
@@ -59,6 +68,7 @@ class NonFiniteGuard(StepCounting):
         self.skipped: list[int] = []
         self._in_a_row = 0
         self._snapshot = None
+        self._unread = None  # (epoch, first batch, last batch, logs) of a call not yet read
         self.epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -73,16 +83,35 @@ class NonFiniteGuard(StepCounting):
             self._snapshot = [keras.ops.convert_to_numpy(v) for v in self._variables()]
 
     def on_train_batch_end(self, batch, logs=None):
-        logs = logs or {}
+        call = (self.epoch, self.first_batch(batch), batch, logs or {})
+        if self._unread is not None:
+            unread, self._unread = self._unread, None
+            self._check(*unread, steps_since=batch - call[1] + 1)
+            if self.failure:
+                return
+        if self.mode == "skip" or batch + 1 == (self.params or {}).get("steps"):
+            self._check(*call, steps_since=0)
+        else:
+            self._unread = call
+
+    def on_epoch_end(self, epoch, logs=None):
+        # An epoch that another callback cut short ends on a call not read yet.
+        if self._unread is not None:
+            unread, self._unread = self._unread, None
+            self._check(*unread, steps_since=0)
+
+    def _check(self, epoch: int, first: int, batch: int, logs: dict, *,
+               steps_since: int) -> None:
+        """Reads the loss of the call of batches ``first..batch``; ``steps_since``: the
+        training steps run after it."""
         if _finite(logs.get("loss", 0.0)):
             self._in_a_row = 0
             return
-        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) - steps_since
         culprits = nonfinite_culprits(logs, self.heads) or ["no single head (the total)"]
-        first = self.first_batch(batch)
         # Several steps per call (train.steps_per_execution): the loss is their running mean.
-        where = (f"epoch {self.epoch + 1}, step {batch + 1} (global step {step})"
-                 if first == batch else f"epoch {self.epoch + 1}, one of steps {first + 1} to"
+        where = (f"epoch {epoch + 1}, step {batch + 1} (global step {step})"
+                 if first == batch else f"epoch {epoch + 1}, one of steps {first + 1} to"
                  f" {batch + 1} (global steps {step - batch + first} to {step})")
         if self.mode == "skip" and self._snapshot is not None:
             for variable, value in zip(self._variables(), self._snapshot, strict=False):
@@ -107,6 +136,8 @@ class NonFiniteGuard(StepCounting):
 class InterruptGuard(keras.callbacks.Callback):
     """First Ctrl-C (SIGINT): finish the current step, checkpoint it, stop. A second one
     interrupts at once."""
+
+    takes_device_logs = True  # it reads no logs
 
     def __init__(self, checkpoint: AtomicCheckpoint):
         super().__init__()

@@ -97,6 +97,9 @@ class TensorBoardLogs(StepCounting):
     leaves the logs as it found them, so it may run before or after :class:`HeadLogs`.
     """
 
+    # The logs as device arrays (multiseg.callbacks.dispatch): read at a logged step only.
+    takes_device_logs = True
+
     def __init__(self, logdir: str, heads, loss_weights: dict[str, float], *,
                  every_steps: int = 0, weights_every: int = 0, preview: tuple | None = None):
         super().__init__()

@@ -180,6 +180,8 @@ class Progress(keras.callbacks.Callback):
         >>> #           callbacks=[progress])
     """
 
+    takes_device_logs = True
+
     redraw_seconds = 0.1  # a terminal bar is redrawn at most this often
     plain_seconds = 30.0  # plain progress lines at least this far apart (and at quarters)
 
@@ -225,7 +227,9 @@ class Progress(keras.callbacks.Callback):
         self._first = 0  # steps done before this fit's part of the epoch
         self._steps: int | None = steps_per_epoch  # the whole epoch's steps, if known
         self._done = 0  # steps done by this fit in this epoch
-        self._loss: float | None = None  # the running total loss
+        # The running total loss as logged: a number, or a device array read only when a line
+        # is drawn (multiseg.callbacks.dispatch).
+        self._loss = None
         self._started = self._after_first = self._last_draw = self._last_plain = 0.0
         self._quarter = 1  # the next quarter of the epoch a plain line may mark
 
@@ -270,10 +274,13 @@ class Progress(keras.callbacks.Callback):
             rate = now - self._started
         return max(0, self._steps - self._step()) * rate
 
+    def _loss_now(self) -> float | None:
+        return None if self._loss is None else float(self._loss)
+
     def _bar_line(self, now: float, validating: bool = False) -> str:
         of = f"/{self._steps}" if self._steps is not None else ""
         left = f"epoch {self._epoch + 1}/{self._total} "
-        right = f" {self._step()}{of} loss {_figure(self._loss)} "
+        right = f" {self._step()}{of} loss {_figure(self._loss_now())} "
         right += format_duration(now - self._started)
         eta = self._eta(now)
         if validating:
@@ -290,7 +297,7 @@ class Progress(keras.callbacks.Callback):
     def _plain_line(self, now: float) -> str:
         of = f"/{self._steps}" if self._steps is not None else ""
         line = (f"epoch {self._epoch + 1}/{self._total} | step {self._step()}{of} |"
-                f" loss {_figure(self._loss)} | {format_duration(now - self._started)}")
+                f" loss {_figure(self._loss_now())} | {format_duration(now - self._started)}")
         eta = self._eta(now)
         return line + (f", eta {format_duration(eta)}" if eta is not None else "")
 
@@ -331,8 +338,8 @@ class Progress(keras.callbacks.Callback):
         if self._done == 1:
             self._after_first = now
         loss = (logs or {}).get("loss")
-        if loss is not None and (np.isscalar(loss) or np.ndim(loss) == 0):
-            self._loss = float(loss)
+        if loss is not None and np.ndim(loss) == 0:
+            self._loss = loss
         if self._live:
             last = self._steps is not None and self._step() >= self._steps
             if self._done == 1 or last or now - self._last_draw >= self.redraw_seconds:

@@ -7,13 +7,15 @@
 #                                    # per run, and gpu.log with every table
 #
 # Then tools/bench/pipeline.py at the largest size: whether the batch threads keep the GPU fed;
+# tools/bench/dispatch.py: what the host's not waiting for the device after each step saves;
 # and tools/bench/startup.py twice, on an empty and on a filled JAX compilation cache.
 #
 # Environment: BENCH_SIZES ("256 512"), BENCH_PRECISIONS ("float32 bfloat16"), BENCH_BATCH (8),
 # BENCH_STEPS (20), BENCH_REPEATS (3), BENCH_WARMUP (3), BENCH_CONTENDERS (step.py's default;
 # e.g. multiseg,multiseg-model,keras to split a gap), BENCH_PER_CALL (8: a race at that many
-# steps per call, train.steps_per_execution; 0 skips), BENCH_PIPELINE and BENCH_STARTUP (1; 0
-# skips the pipeline or the start-up runs); BENCH_QUICK=1 for tiny sizes that
+# steps per call, train.steps_per_execution; 0 skips), BENCH_DISPATCH (2 repetitions of
+# dispatch.py, multiseg's callback list against Keras's; 0 skips), BENCH_PIPELINE and
+# BENCH_STARTUP (1; 0 skips the pipeline or the start-up runs); BENCH_QUICK=1 for tiny sizes that
 # check on any machine that it runs. PYTHON picks the interpreter (default python3). Keras is
 # not on that machine: wheels in .whl/ at the repository root (docs/performance.md says which)
 # are installed under /tmp/site first. One failed run does not stop the others; the exit
@@ -75,6 +77,16 @@ if [[ "${BENCH_PIPELINE:-1}" == 1 && " ${BENCH_PRECISIONS:-float32 bfloat16} " =
   "$python" "$here/pipeline.py" "$root/recipes/shapes.yaml" --epochs 2 --steps "$((10 * steps))" \
     --set "data.image_size=[$largest, $largest]" --set "train.batch_size=$batch" \
     --set "data.train=$((8 * batch))" --set "data.val=$batch" 2>&1 | tee -a "$log" || status=1
+fi
+# multiseg's callback list against Keras's (tools/bench/dispatch.py): the default recipe, one
+# epoch each in new processes, BENCH_DISPATCH repetitions (default 2; 0 skips), float32 only.
+dispatch="${BENCH_DISPATCH:-2}"
+if [[ "$dispatch" -gt 0 && " ${BENCH_PRECISIONS:-float32 bfloat16} " == *" float32 "* ]]; then
+  shrink=()
+  [[ "${BENCH_QUICK:-0}" == 1 ]] && shrink=(--set "data.image_size=[32, 32]" --set data.train=64)
+  echo "== dispatch, the default recipe ($((SECONDS - started)) s so far)" | tee -a "$log"
+  "$python" "$here/dispatch.py" "${shrink[@]}" --repeats "$dispatch" \
+    --json "$out/dispatch.json" 2>&1 | tee -a "$log" || status=1
 fi
 # Start-up with JAX's compilation cache: a first run fills an empty cache, a second loads it
 # (startup-first.json, startup-second.json). With float32 only, so that a run split by
