@@ -56,8 +56,14 @@ def worker(variant: str, recipe_path: str, overrides: list[str], warmup: int) ->
     class Clock(keras.callbacks.Callback):
         takes_device_logs = True
 
+        def on_train_begin(self, logs=None):
+            if self.params["steps"] < warmup + 2:
+                raise SystemExit(f"an epoch of {self.params['steps']} steps is too short for"
+                                 f" --warmup {warmup}: it needs at least {warmup + 2}")
+
         def on_train_batch_end(self, batch, logs=None):
             if batch + 1 == warmup:
+                float(logs["loss"])  # both variants start with the device idle
                 self.start = time.perf_counter()
             elif batch + 2 == self.params["steps"]:
                 # Keras's list hands this clock numbers too; multiseg's, the device's arrays.
@@ -84,7 +90,7 @@ def _run(variant: str, args) -> dict:
     for line in proc.stdout.splitlines():
         if line.startswith(PREFIX):
             return json.loads(line[len(PREFIX):])
-    raise SystemExit(f"the {variant} run failed:\n{proc.stderr[-3000:]}")
+    raise SystemExit(f"the {variant} run failed:\n{(proc.stderr or proc.stdout)[-3000:]}")
 
 
 def main(argv: list[str] | None = None) -> int:

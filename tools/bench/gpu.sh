@@ -83,7 +83,8 @@ fi
 dispatch="${BENCH_DISPATCH:-2}"
 if [[ "$dispatch" -gt 0 && " ${BENCH_PRECISIONS:-float32 bfloat16} " == *" float32 "* ]]; then
   shrink=()
-  [[ "${BENCH_QUICK:-0}" == 1 ]] && shrink=(--set "data.image_size=[32, 32]" --set data.train=64)
+  [[ "${BENCH_QUICK:-0}" == 1 ]] && shrink=(--set "data.image_size=[32, 32]" --set data.train=64
+                                         --warmup 1)
   echo "== dispatch, the default recipe ($((SECONDS - started)) s so far)" | tee -a "$log"
   "$python" "$here/dispatch.py" "${shrink[@]}" --repeats "$dispatch" \
     --json "$out/dispatch.json" 2>&1 | tee -a "$log" || status=1
