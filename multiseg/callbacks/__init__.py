@@ -41,9 +41,9 @@ from multiseg.errors import TrainingInterrupted
 from multiseg.runs import latest_checkpoint
 
 __all__ = [
-    "AtomicCheckpoint", "CheckpointWriteError", "DeviceLogCallbacks", "GradflowLogger", "HeadLogs",
-    "InterruptGuard",
-    "NonFiniteGuard", "NonFiniteLoss", "TensorBoardLogs", "TrainingInterrupted",
+    "AtomicCheckpoint", "CheckpointWriteError", "DeviceLogCallbacks", "GradflowLogger",
+    "HeadLogs", "InterruptGuard", "NonFiniteGuard", "NonFiniteLoss", "TensorBoardLogs",
+    "TrainingInterrupted",
     "current_learning_rate", "epoch_logs", "latest_checkpoint", "nest_logs",
     "nonfinite_culprits", "restore_rng_state", "rng_state", "save_model_atomic", "seed_states",
     "split_log_key", "weighted_losses", "write_json_atomic",
