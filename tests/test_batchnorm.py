@@ -84,6 +84,20 @@ class TestRecomputeStatistics:
         for variable, value in zip(states, before, strict=True):
             np.testing.assert_array_equal(np.asarray(variable), value)
 
+    def test_the_probe_runs_compiled_without_a_first_eager_call(self):
+        # Keras's JAX predict_on_batch calls a model with an unbuilt layer eagerly first,
+        # compiling each operation of the network on its own.
+        from multiseg.batchnorm import statistics_probe
+
+        probe = statistics_probe(_two_norm_model())
+        assert all(layer.built for layer in probe._flatten_layers())
+        calls = []
+        inner = probe.inner
+        probe.inner = lambda inputs, training: calls.append(training) or inner(
+            inputs, training=training)
+        probe.predict_on_batch(np.ones((2, 4, 4, 3), "float32"))
+        assert calls == [True]  # traced once, in training mode; never called eagerly
+
     def test_model_without_batch_norm_is_untouched(self):
         x = keras.Input((4, 4, 3))
         model = keras.Model(x, keras.layers.GroupNormalization(groups=-1)(x))
