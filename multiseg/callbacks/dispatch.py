@@ -50,14 +50,13 @@ class DeviceLogCallbacks(keras.callbacks.CallbackList):
         super().__init__(callbacks, add_history=True, add_progbar=False, model=model,
                          verbose=0, epochs=epochs, steps=steps)
         self._async_train = False  # the batch ends run in order, on this thread
-        self._needs_numbers = {id(c) for c in self.callbacks
-                               if not getattr(c, "takes_device_logs", False)
-                               and _acts_on_train_batch_end(c)}
+        # (callback, whether it takes device logs), in the list's order, decided once: the
+        # ones that act on no batch end are left out.
+        self._batch_ends = [(c, getattr(c, "takes_device_logs", False)) for c in self.callbacks
+                            if _acts_on_train_batch_end(c)]
+        self._needs_numbers = not all(device for _, device in self._batch_ends)
 
     def _on_train_batch_end(self, batch, logs=None):
         numbers = to_numbers(logs) if self._needs_numbers else None
-        for callback in self.callbacks:
-            if getattr(callback, "takes_device_logs", False):
-                callback.on_train_batch_end(batch, logs=logs)
-            elif id(callback) in self._needs_numbers:
-                callback.on_train_batch_end(batch, logs=numbers)
+        for callback, device in self._batch_ends:
+            callback.on_train_batch_end(batch, logs=logs if device else numbers)

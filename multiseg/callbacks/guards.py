@@ -84,11 +84,9 @@ class NonFiniteGuard(StepCounting):
 
     def on_train_batch_end(self, batch, logs=None):
         call = (self.epoch, self.first_batch(batch), batch, logs or {})
-        if self._unread is not None:
-            unread, self._unread = self._unread, None
-            self._check(*unread, steps_since=batch - call[1] + 1)
-            if self.failure:
-                return
+        self._read_unread(steps_since=batch - call[1] + 1)
+        if self.failure:
+            return
         if self.mode == "skip" or batch + 1 == (self.params or {}).get("steps"):
             self._check(*call, steps_since=0)
         else:
@@ -96,9 +94,12 @@ class NonFiniteGuard(StepCounting):
 
     def on_epoch_end(self, epoch, logs=None):
         # An epoch that another callback cut short ends on a call not read yet.
+        self._read_unread(steps_since=0)
+
+    def _read_unread(self, *, steps_since: int) -> None:
         if self._unread is not None:
             unread, self._unread = self._unread, None
-            self._check(*unread, steps_since=0)
+            self._check(*unread, steps_since=steps_since)
 
     def _check(self, epoch: int, first: int, batch: int, logs: dict, *,
                steps_since: int) -> None:
