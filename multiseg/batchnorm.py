@@ -22,6 +22,7 @@ import keras
 import numpy as np
 
 from multiseg.callbacks.checkpoints import seed_states
+from multiseg.distribute.engines import predict_batch
 
 # Above this, inference-mode and training-mode figures tell different stories (metrics are
 # fractions in [0, 1]).
@@ -118,7 +119,7 @@ def recompute_statistics(model: keras.Model, images: Iterable[np.ndarray], *,
         for batch in images:
             # [(mean, variance) per layer], flattened in layer order.
             values = [np.asarray(v, np.float64)
-                      for v in keras.tree.flatten(_predict(probe, batch))]
+                      for v in keras.tree.flatten(predict_batch(probe, batch))]
             sums = values if sums is None else [a + b for a, b in zip(sums, values, strict=True)]
             count += 1
     if not count:
@@ -185,16 +186,6 @@ def has_mode_dependent_layers(model: keras.Model) -> bool:
                for layer in model.layers)
 
 
-def _predict(model: keras.Model, batch):
-    """``predict_on_batch``, compiled; under a TensorFlow strategy with several replicas,
-    which would hand the whole batch to each of them and stack their outputs, a direct call
-    (on one device, with the whole batch)."""
-    strategy = getattr(model, "distribute_strategy", None)
-    if strategy is not None and strategy.num_replicas_in_sync > 1:
-        return keras.tree.map_structure(np.asarray, model(batch))
-    return model.predict_on_batch(batch)
-
-
 def mode_gap(model: keras.Model, batches: Iterable[tuple[np.ndarray, dict]],
              metrics: Callable[[], dict[str, list[keras.metrics.Metric]]]) -> list[ModeGap]:
     """Every head's metrics on ``batches`` in inference mode and in training mode.
@@ -212,7 +203,7 @@ def mode_gap(model: keras.Model, batches: Iterable[tuple[np.ndarray, dict]],
     with _state_kept(list(model.non_trainable_variables)):
         for images, targets in batches:
             for training, per_head in modes.items():
-                outputs = _predict(calls[training], images)
+                outputs = predict_batch(calls[training], images)
                 for head, head_metrics in per_head.items():
                     for metric in head_metrics:
                         metric.update_state(targets[head], outputs[head])

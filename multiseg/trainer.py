@@ -49,7 +49,6 @@ from multiseg.distribute.engines import (
     is_chief,
     is_multi_process,
     process_feed,
-    replica_count,
     worker_run,
 )
 from multiseg.errors import TrainingInterrupted
@@ -125,11 +124,10 @@ def _seed_everything(recipe) -> None:
 
 
 def _preview(data, heads: list[str], count: int = 4) -> tuple:
-    """A few validation images and their targets, drawn in TensorBoard each epoch."""
+    """The first validation batch and the targets of its first ``count`` images, which
+    TensorBoard draws each epoch."""
     images, targets = data.val[0]
-    count = -(-count // replica_count()) * replica_count()  # JAX shards it over every device
-    return (np.asarray(images[:count]), {h: np.asarray(targets[h][:count]) for h in heads},
-            heads)
+    return np.asarray(images), {h: np.asarray(targets[h][:count]) for h in heads}, heads
 
 
 def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",

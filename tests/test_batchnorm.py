@@ -205,6 +205,10 @@ class TestShortRun:
             check = json.load(handle)["inference_check"]
         assert check["warning"] is None
         assert set(check["metrics"]["cell"]) == {"dice", "iou"}
+        if keras.backend.backend() == "tensorflow":
+            # The epochs' prediction images and the check's inference-mode pass predict
+            # batches of one shape: one trace between them.
+            assert result.model.predict_function.experimental_get_tracing_count() == 1
 
     def test_keras_defaults_are_caught_by_the_check(self, tmp_path, capsys):
         # Keras's momentum 0.99 without PreciseBN: ~100 steps leave the moving statistics

@@ -20,7 +20,7 @@ from multiseg.callbacks import HeadLogs, TensorBoardLogs, nest_logs
 from multiseg.data import DataError, build_data
 from multiseg.models.build import build_model, compile_model, head_losses
 from multiseg.recipe import from_dict, load
-from multiseg.runs import RunDirError
+from multiseg.runs import RunDirError, load_run
 from multiseg.train import main, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,6 +118,34 @@ class TestRunDirectory:
             assert weighted[step] == pytest.approx(0.5 * raw[step], rel=1e-5)
         assert dict(train_tags["shape/loss_weight"]) == {1: pytest.approx(0.2),
                                                           2: pytest.approx(0.2)}
+
+
+    def test_prediction_images_show_the_models_predictions(self, trained_tiny):
+        import io
+
+        from PIL import Image
+
+        from multiseg.callbacks.pictures import colour_prediction
+
+        acc = EventAccumulator(os.path.join(trained_tiny.run_dir, "logs", "validation"),
+                               size_guidance={"images": 0})
+        acc.Reload()
+        [tag] = [t for t in acc.Tags()["images"] if t.startswith("predictions/")]
+        assert tag == ("predictions/image | mask target | mask pred"
+                       " | boundary target | boundary pred")
+        last = acc.Images(tag)[-1]
+        assert last.step == 2
+        picture = np.asarray(Image.open(io.BytesIO(last.encoded_image_string)))[..., :3]
+        # 4 of the first validation batch's images, a row each; 32x32 tiles in 5 columns.
+        assert picture.shape == (4 * 32, 5 * 32, 3)
+        _, data, _ = load_run(trained_tiny.run_dir)
+        images = data.val[0][0]
+        # Drawn after the last epoch's batch-norm statistics: the trained model's output.
+        predicted = trained_tiny.model.predict_on_batch(images)
+        for row in range(4):
+            expected = (colour_prediction(np.asarray(predicted["mask"][row])) * 255).round()
+            tile = picture[row * 32:(row + 1) * 32, 2 * 32:3 * 32]
+            np.testing.assert_array_equal(tile, expected.astype(np.uint8))
 
 
 class TestTotalLoss:

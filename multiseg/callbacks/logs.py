@@ -10,6 +10,7 @@ import numpy as np
 
 from multiseg.callbacks.pictures import colour_prediction, colour_target, to_rgb
 from multiseg.callbacks.steps import StepCounting, crossed
+from multiseg.distribute.engines import predict_batch
 from multiseg.tblog import SummaryWriter
 from multiseg.weighting.model import current_trunk_weights, current_weights
 
@@ -109,7 +110,9 @@ class TensorBoardLogs(StepCounting):
         self.every_steps = every_steps
         # A weighting method's weights (train.weighting): also every this many steps.
         self.weights_every = weights_every
-        self.preview = preview  # (images, targets, [spatial heads]) drawn each epoch
+        # (a validation batch, the targets of its first rows, [spatial heads]): those rows
+        # drawn each epoch
+        self.preview = preview
         self.writers: dict[str, SummaryWriter] = {}
         self.step = 0
 
@@ -155,9 +158,11 @@ class TensorBoardLogs(StepCounting):
 
     def _write_preview(self, writer: SummaryWriter, step: int) -> None:
         images, targets, kinds = self.preview
-        outputs = self.model.predict(images, verbose=0)
+        # The whole batch, though fewer images are drawn: the inference-mode check predicts
+        # batches of this shape, so the two share one compiled function.
+        outputs = predict_batch(self.model, images)
         rows = []
-        for i in range(images.shape[0]):
+        for i in range(len(targets[kinds[0]])):
             tiles = [to_rgb(images[i])]
             for head in kinds:
                 prediction = np.asarray(outputs[head][i])

@@ -147,6 +147,16 @@ def replica_count() -> int:
     return 1
 
 
+def predict_batch(model: keras.Model, batch):
+    """``predict_on_batch``, compiled; under a TensorFlow strategy with several replicas,
+    which would hand the whole batch to each of them and stack their outputs, a direct call
+    (on one device, with the whole batch)."""
+    strategy = getattr(model, "distribute_strategy", None)
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+        return keras.tree.map_structure(np.asarray, model(batch))
+    return model.predict_on_batch(batch)
+
+
 def check_batches(recipe, data) -> None:
     """Refuses, under JAX's ``data_parallel``, a last validation batch that does not split
     across the devices (JAX shards every batch evenly; TensorFlow's strategies split an
