@@ -115,12 +115,27 @@ def dtype_policy(name: str):
         keras.config.set_dtype_policy(previous)
 
 
-def _seed_everything(recipe) -> None:
-    set_random_seed(recipe.seed)
-    if recipe.train.deterministic and keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
+@contextlib.contextmanager
+def op_determinism(enabled: bool):
+    """TensorFlow's op determinism (``train.deterministic``) for one run. It is a setting of
+    the whole process: left on, it would slow every later run in it and silently turn off
+    their XLA (Keras declines ``jit_compile`` under it)."""
+    if not enabled or keras.backend.backend() != "tensorflow":
+        yield
+        return
+    from tensorflow.python.framework.config import (
+        disable_op_determinism,
+        enable_op_determinism,
+        is_op_determinism_enabled,
+    )
 
-        tf.config.experimental.enable_op_determinism()
+    before = is_op_determinism_enabled()
+    enable_op_determinism()
+    try:
+        yield
+    finally:
+        if not before:
+            disable_op_determinism()
 
 
 def _preview(data, heads: list[str], count: int = 4) -> tuple:
@@ -142,7 +157,8 @@ def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
     Under ``train.distribute`` every process calls this; only the chief writes the run
     directory and prints (``multiseg.distribute``)."""
     with distribution_scope(recipe.train.distribute) as replicas, \
-            worker_run(recipe, fresh=fresh) as (own, own_fresh):
+            worker_run(recipe, fresh=fresh) as (own, own_fresh), \
+            op_determinism(recipe.train.deterministic):
         check_replicas(recipe, replicas)
         return _train(own, fresh=own_fresh, verbose=verbose if is_chief() else 0,
                       recipe_path=recipe_path,
@@ -156,7 +172,7 @@ def _train(recipe, *, fresh: bool, verbose: int | str, recipe_path: str | None,
     if state.complete:
         return _finished_run(recipe, verbose)
     compile_cache()  # before anything compiles (the model's initializers on JAX)
-    _seed_everything(recipe)
+    set_random_seed(recipe.seed)
     # When the summary is printed, the report is part of it; otherwise it goes to the log.
     data = build_data(recipe, log_report=not verbose)
     _check_first_batch(recipe, data)

@@ -96,3 +96,19 @@ def compile_cache():
         from multiseg.startup import compile_cache
 
         compile_cache()
+
+
+def copy_run_after(run_dir: str, epochs: int, to: str):
+    """A callback that copies the run directory as it stands after epoch ``epochs``'s
+    checkpoint (the callbacks of ``extra_callbacks`` run after the trainer's own): the files of
+    a run stopped there, to resume while the run itself goes on as the uninterrupted one."""
+    import shutil
+
+    import keras
+
+    class CopyRun(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == epochs:
+                shutil.copytree(run_dir, to)
+
+    return CopyRun()

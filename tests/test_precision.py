@@ -86,6 +86,37 @@ def test_every_head_loss_and_metric_trains_under_xla(tmp_path):
     assert len(values) > 20 and all(np.isfinite(values))
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="op determinism is TensorFlow's (JAX's CPU programs are deterministic)")
+def test_deterministic_run_leaves_the_process_as_it_found_it(tiny_raw):
+    from tensorflow.python.framework.config import is_op_determinism_enabled
+
+    class During(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.enabled = is_op_determinism_enabled()
+
+    during = During()
+    tiny_raw["train"]["deterministic"] = True
+    train(from_dict(tiny_raw), verbose=0, extra_callbacks=[during])
+    assert during.enabled and not is_op_determinism_enabled()
+    # The next run of the process gets the XLA it asks for (Keras declines it under op
+    # determinism).
+    tiny_raw["train"].update(deterministic=False, jit_compile=True)
+    tiny_raw["output"] += "-xla"
+    assert train(from_dict(tiny_raw), verbose=0).model.jit_compile is True
+
+
+def test_deterministic_xla_is_refused_on_tensorflow():
+    raw = copy.deepcopy(TINY_RAW)
+    raw["train"].update(deterministic=True, jit_compile=True)
+    if keras.backend.backend() == "tensorflow":
+        with pytest.raises(RecipeError, match="^train.jit_compile: true cannot hold with"
+                                              " deterministic: true on TensorFlow"):
+            from_dict(raw)
+    else:  # XLA is how JAX computes anything
+        assert from_dict(raw).train.jit_compile is True
+
+
 def test_options_are_checked():
     raw = copy.deepcopy(TINY_RAW)
     raw["train"]["precision"] = "float16"

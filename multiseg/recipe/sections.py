@@ -225,6 +225,15 @@ def _read_train(sec: Section) -> TrainSpec:
         distribute=_distribute(sec),
     )
     _check_steps_per_execution(sec, spec)
+    if spec.deterministic and spec.jit_compile is True and BUILD_CHECKS.get():
+        import keras
+
+        if keras.backend.backend() == "tensorflow":
+            # Keras would only warn and train without XLA.
+            raise RecipeError(sec.sub("jit_compile"), "true cannot hold with deterministic:"
+                              " true on TensorFlow, where Keras turns XLA off under op"
+                              " determinism (not every XLA kernel is deterministic); use"
+                              " jit_compile: auto or false, or deterministic: false")
     return spec
 
 

@@ -36,7 +36,7 @@ DEFAULT_RECIPE = os.path.join(ROOT, "recipes", "shapes.yaml")
 # The trainer's steps timed by wrapping the names it calls, in the order they run.
 TRAINER_STAGES = (
     ("check_run_dir", "run directory check"),
-    ("_seed_everything", "seeding"),
+    ("set_random_seed", "seeding"),
     ("build_data", "data (sources, splits, report)"),
     ("_check_first_batch", "first-batch check"),
     ("prepare_run_dir", "run directory written"),
