@@ -204,7 +204,7 @@ def _train(recipe, *, fresh: bool, verbose: int | str, recipe_path: str | None,
     weights = {name: h.loss_weight for name, h in recipe.heads.items()}
     spatial = [n for n, h in recipe.heads.items() if HEAD_KINDS[h.kind].spatial]
     # A non-static weighting's effective weights are read from the model as it trains. No
-    # prediction images over several JAX processes: Keras's predict cannot fetch outputs
+    # prediction images over several JAX processes: Keras's predict_on_batch cannot fetch outputs
     # that other processes hold a part of.
     tensorboard = TensorBoardLogs(os.path.join(run_dir, "logs"), recipe.heads, weights,
                                   weights_every=recipe.train.weighting.log_every,
