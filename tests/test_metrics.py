@@ -510,7 +510,6 @@ class TestLossTermsComputedOnce:
     def step_case(tiny_recipe):
         model = build_model(tiny_recipe, channels=3)
         compile_model(model, tiny_recipe)
-        model.run_eagerly = True  # count Python calls of each term's `call`
         rng = np.random.default_rng(0)
         x = f32(rng.normal(size=(2, 16, 16, 3)))
         y = {"mask": rng.integers(0, 4, size=(2, 16, 16)).astype("float32"),
@@ -531,14 +530,16 @@ class TestLossTermsComputedOnce:
                 return _call(y_true, y_pred)
 
             term.call = counted
-        # A first step builds what Keras compiles (on JAX by tracing the loss once), then
-        # the counted step starts from fresh metrics.
+        # A first step builds what Keras compiles, then the counted step starts from fresh
+        # metrics, in a step function made anew: its one trace holds each call that every
+        # step runs (counted eagerly instead, JAX would compile each operation on its own).
         model.train_on_batch(x, y)
         model.reset_metrics()
         # The step's forward pass in training mode (batch statistics): the same logits as
         # the ones the step's loss sees, taken before the step changes the weights.
         logits = model(x, training=True)["mask"]
         calls.update(dict.fromkeys(calls, 0))
+        model.make_train_function(force=True)
         logs = model.train_on_batch(x, y, return_dict=True)
         assert calls == {"dice": 1, "crossentropy": 1}
         # The logged term is the unweighted term on the batch (crossentropy weighs 0.5 in the
