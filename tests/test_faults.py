@@ -111,7 +111,11 @@ def _assert_matches_uninterrupted_run(tmp_path, raw, resumed, figures=("loss",))
     Same batches (a function of seed, epoch and step), same restored weights, optimizer and
     dropout generator state, op determinism on: the results agree to float32 round-off.
     """
-    straight = _uninterrupted_val(tmp_path, raw)
+    assert_same_figures(resumed, _uninterrupted_val(tmp_path, raw), figures)
+
+
+def assert_same_figures(resumed: dict, straight: dict, figures=("loss",)) -> None:
+    """Each head's validation ``figures`` of a resumed run against an uninterrupted one's."""
     for head in ("mask", "boundary", "shape"):
         for figure in figures:
             assert resumed[head][figure] == pytest.approx(straight[head][figure], rel=1e-4), (

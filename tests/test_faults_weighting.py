@@ -8,7 +8,7 @@ from conftest import copy_run_after
 
 from multiseg.recipe import from_dict
 from multiseg.train import train
-from tests.test_faults import _run, _state, _val
+from tests.test_faults import _run, _state, _val, assert_same_figures
 
 # The stateful train.weighting methods whose resume no other test covers: their state (a step
 # count, learned parameters, a generator) must come back from the checkpoint exactly, or the
@@ -36,7 +36,4 @@ def test_stopped_weighted_run_resumes_exactly_in_a_new_process(tmp_path, tiny_ra
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _state(stopped)["epoch"] == 3
     # weighted_loss = the final effective weight x the raw loss: both must agree.
-    for head in ("mask", "boundary", "shape"):
-        for figure in ("loss", "weighted_loss"):
-            assert _val(stopped)[head][figure] == pytest.approx(
-                straight.metrics["val"][head][figure], rel=1e-4), (head, figure)
+    assert_same_figures(_val(stopped), straight.metrics["val"], ("loss", "weighted_loss"))
