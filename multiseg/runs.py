@@ -22,6 +22,7 @@ from multiseg import load_model
 from multiseg import recipe as recipe_lib
 from multiseg.data import build_data
 from multiseg.errors import UserError
+from multiseg.recipe.reader import build_checks
 
 if TYPE_CHECKING:
     import keras
@@ -244,7 +245,9 @@ def check_run_dir(recipe, *, fresh: bool) -> RunState:
     previous = None
     if os.path.exists(saved):
         try:
-            previous = recipe_lib.from_dict(recipe_lib.load_raw(saved))
+            # Checked when it was written; here it is only compared, so read without Keras.
+            with build_checks(False):
+                previous = recipe_lib.from_dict(recipe_lib.load_raw(saved))
         except recipe_lib.RecipeError as exc:
             raise RunDirError(
                 f"{run_dir} holds a run whose recipe this multiseg cannot read ({exc}). Use"
@@ -397,3 +400,24 @@ def format_metrics(nested: dict, title: str) -> str:
         lines.append(f"  {group}: " + ", ".join(f"{k} {values[k]:.4f}"
                                                 for k in sorted(values, key=order)))
     return "\n".join(lines)
+
+
+def final_summary(metrics: dict, run_dir: str) -> str:
+    """What a finished run prints (``--quiet`` too): the final model's validation figures
+    per head, then where the run is."""
+    return "\n".join([
+        format_metrics(metrics["val"], f"validation ({FIGURES_ABOUT['val']})"),
+        f"run directory: {run_dir} (tensorboard --logdir {os.path.join(run_dir, 'logs')})"])
+
+
+def finished_run_text(recipe) -> str:
+    """What training a run that already reached ``train.epochs`` says: nothing is trained or
+    written, how to train longer, then the run's final figures."""
+    run_dir, epochs = recipe.output, recipe.train.epochs
+    longer = ("raise train.epochs" if recipe.train.lr_schedule == "constant" else
+              "start a new run with more epochs (another --output, or --fresh): the"
+              " cosine schedule spans the run's epochs")
+    metrics = read_json(os.path.join(run_dir, "metrics.json"))
+    return (f"{run_dir} is complete: {epochs} of {epochs_text(epochs)} trained; its metrics.json"
+            f" and model.keras are left as they are. To train longer, {longer}.\n"
+            + final_summary(metrics, run_dir))

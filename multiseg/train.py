@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 
 from multiseg import recipe as recipe_lib
 from multiseg.distribute.choices import joins_processes
 from multiseg.errors import TrainingInterrupted, UserError, report
+from multiseg.runs import check_run_dir, final_summary, finished_run_text, read_json
 from multiseg.startup import import_keras
 
 
@@ -49,6 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         light = recipe_lib.load(args.recipe, args.overrides, build=False)  # before Keras starts
+        if args.output:
+            light = dataclasses.replace(light, output=args.output)
+        if not args.fresh and not joins_processes(light.train.distribute):
+            # A finished run is answered from its records, without starting Keras (seconds).
+            # Over several processes each checks the run directory in turn (train()).
+            if check_run_dir(light, fresh=False).complete:
+                run_dir = light.output
+                print(final_summary(read_json(os.path.join(run_dir, "metrics.json")), run_dir)
+                      if args.quiet else finished_run_text(light), flush=True)
+                return 0
         if joins_processes(light.train.distribute):
             # Several processes join before the backend looks for its devices, as import_keras
             # does (JAX refuses to join after that); Keras imports quietly on JAX.
@@ -64,8 +76,6 @@ def main(argv: list[str] | None = None) -> int:
         from multiseg.distribute.engines import is_chief
 
         if args.quiet and is_chief():  # another process's run directory is a scratch copy
-            from multiseg.trainer import final_summary
-
             print(final_summary(result.metrics, result.run_dir), flush=True)
     except UserError as exc:
         print(report(exc), file=sys.stderr)

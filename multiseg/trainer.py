@@ -69,8 +69,8 @@ from multiseg.runs import (
     FIGURES_ABOUT,
     check_run_dir,
     describe,
-    epochs_text,
-    format_metrics,
+    final_summary,
+    finished_run_text,
     latest_checkpoint,
     prepare_run_dir,
     read_json,
@@ -90,13 +90,8 @@ class TrainResult:
 def _finished_run(recipe, verbose) -> TrainResult:
     """The records of a run that already reached train.epochs, read and left untouched."""
     run_dir = recipe.output
-    epochs = recipe.train.epochs
     if verbose:
-        longer = ("raise train.epochs" if recipe.train.lr_schedule == "constant" else
-                  "start a new run with more epochs (another --output, or --fresh): the"
-                  " cosine schedule spans the run's epochs")
-        print(f"{run_dir} is complete: {epochs} of {epochs_text(epochs)} trained; its metrics.json"
-              f" and model.keras are left as they are. To train longer, {longer}.", flush=True)
+        print(finished_run_text(recipe), flush=True)
     model = load_model(os.path.join(run_dir, "model.keras"))
     metrics = read_json(os.path.join(run_dir, "metrics.json"))
     return TrainResult(model=model, run_dir=run_dir, metrics=metrics, epochs_run=0)
@@ -314,14 +309,6 @@ def main_metrics(recipe) -> dict[str, str | None]:
         found[name] = (None if metric is None else metric.name if class_id is None
                        else f"{metric.name}_class{class_id}")
     return found
-
-
-def final_summary(metrics: dict, run_dir: str) -> str:
-    """What a finished run prints (``--quiet`` too): the final model's validation figures
-    per head, then where the run is."""
-    return "\n".join([
-        format_metrics(metrics["val"], f"validation ({FIGURES_ABOUT['val']})"),
-        f"run directory: {run_dir} (tensorboard --logdir {os.path.join(run_dir, 'logs')})"])
 
 
 def _record_data_report(report, run_dir: str, tensorboard: TensorBoardLogs) -> None:

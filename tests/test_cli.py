@@ -27,9 +27,19 @@ def _python(code: str, *args: str, env: dict | None = None) -> subprocess.Comple
                                if v is not None})
 
 
-def _command(*args: str) -> subprocess.CompletedProcess:
+def _command(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=900)
+                          text=True, timeout=900, env={**os.environ, **(env or {})})
+
+
+def _without_backends(folder) -> dict:
+    """An environment in which importing Keras or a backend fails."""
+    for name in BACKENDS:
+        package = folder / "blocked" / name
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text(f"raise ImportError('no {name} here')\n")
+    return {"PYTHONPATH": os.pathsep.join(
+        [str(folder / "blocked"), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 
 def test_reading_recipes_and_runs_imports_no_backend():
@@ -112,7 +122,8 @@ def test_keras_starts_quietly_unless_verbose():
 @pytest.fixture(scope="module")
 def cli_runs(tmp_path_factory):
     """The tiny recipe trained through the command: 2 epochs, then resumed to 3, then asked
-    again with --quiet (complete: nothing to train)."""
+    again with --quiet and without (complete: nothing to train), where Keras and the backends
+    cannot be imported: a finished run is answered from its records."""
     folder = tmp_path_factory.mktemp("cli")
     raw = copy.deepcopy(TINY_RAW)
     raw["output"] = str(folder / "run")
@@ -121,8 +132,11 @@ def cli_runs(tmp_path_factory):
     first = _command("multiseg.train", str(recipe), "--set", "train.epochs=2")
     first.metrics = json.loads((folder / "run" / "metrics.json").read_text())
     resumed = _command("multiseg.train", str(recipe), "--set", "train.epochs=3")
-    quiet = _command("multiseg.train", str(recipe), "--set", "train.epochs=3", "--quiet")
-    return first, resumed, quiet, raw["output"]
+    blocked = _without_backends(folder)
+    quiet = _command("multiseg.train", str(recipe), "--set", "train.epochs=3", "--quiet",
+                     env=blocked)
+    again = _command("multiseg.train", str(recipe), "--set", "train.epochs=3", env=blocked)
+    return first, resumed, quiet, raw["output"], again
 
 
 def _tables(out: str) -> list[list[str]]:
@@ -140,7 +154,7 @@ def _tables(out: str) -> list[list[str]]:
 
 
 def test_training_output_is_compact_and_plain(cli_runs):
-    first, _, _, run_dir = cli_runs
+    first, _, _, run_dir, _ = cli_runs
     assert first.returncode == 0, first.stderr
     out = first.stdout
     assert "\x1b" not in out and "\r" not in out  # not a terminal: plain lines
@@ -159,14 +173,14 @@ def test_training_output_is_compact_and_plain(cli_runs):
 
 
 def test_no_startup_notices_reach_the_user(cli_runs):
-    for run in cli_runs[:3]:
+    for run in cli_runs[:3] + cli_runs[4:]:
         for line in run.stderr.splitlines():
             assert not line[:5].rstrip().startswith(("I0000", "W0000", "E0000")), line
             assert "absl::InitializeLog" not in line and "cuda" not in line.lower(), line
 
 
 def test_a_resumed_run_shows_the_real_epochs(cli_runs):
-    _, resumed, _, _ = cli_runs
+    _, resumed, _, _, _ = cli_runs
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stdout
     assert "epoch 3/3" in resumed.stdout
@@ -175,10 +189,22 @@ def test_a_resumed_run_shows_the_real_epochs(cli_runs):
 
 
 def test_quiet_prints_only_the_answer(cli_runs):
-    _, _, quiet, run_dir = cli_runs
+    _, _, quiet, run_dir, _ = cli_runs
     assert quiet.returncode == 0, quiet.stderr
     lines = quiet.stdout.splitlines()
     assert lines[0].startswith("validation (one pass of the final model")
     assert [line.split(":")[0].strip() for line in lines[1:5]] == ["mask", "boundary",
                                                                     "shape", "total"]
     assert lines[5:] == [f"run directory: {run_dir} (tensorboard --logdir {run_dir}/logs)"]
+
+
+def test_a_finished_run_answers_without_starting_keras(cli_runs):
+    _, resumed, quiet, run_dir, again = cli_runs
+    assert again.returncode == 0, again.stderr
+    lines = again.stdout.splitlines()
+    assert lines[0] == (f"{run_dir} is complete: 3 of 3 epochs trained; its metrics.json and"
+                        " model.keras are left as they are. To train longer, raise"
+                        " train.epochs.")
+    # Then the run's final figures, as --quiet prints them and as training ended.
+    assert lines[1:] == quiet.stdout.splitlines()
+    assert quiet.stdout in resumed.stdout

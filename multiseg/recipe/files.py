@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from multiseg.options import show, suggest, type_name
-from multiseg.recipe.reader import BUILD_CHECKS, RecipeError, key_text, output_problem
+from multiseg.recipe.reader import RecipeError, build_checks, key_text, output_problem
 from multiseg.recipe.sections import from_dict
 from multiseg.recipe.spec import Recipe
 
@@ -160,11 +160,8 @@ def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (), *
             option values fail here (imports Keras). False checks everything else without
             Keras: the commands read a recipe so first, then again before training.
     """
-    token = BUILD_CHECKS.set(build)
-    try:
+    with build_checks(build):
         return _load(path, overrides)
-    finally:
-        BUILD_CHECKS.reset(token)
 
 
 def _load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...]) -> Recipe:

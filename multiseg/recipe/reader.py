@@ -9,6 +9,7 @@ metric and source checks share.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import difflib
 import os
@@ -27,6 +28,16 @@ Check = Callable[[Any], "str | None"]
 # recipe once without them (answering most mistakes before Keras starts), then with them.
 BUILD_CHECKS: contextvars.ContextVar[bool] = contextvars.ContextVar("build_checks",
                                                                     default=True)
+
+
+@contextlib.contextmanager
+def build_checks(enabled: bool):
+    """Recipes read inside are checked with (True) or without (False) ``BUILD_CHECKS``."""
+    token = BUILD_CHECKS.set(enabled)
+    try:
+        yield
+    finally:
+        BUILD_CHECKS.reset(token)
 
 
 class RecipeError(ValueError, UserError):
