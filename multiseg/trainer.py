@@ -8,6 +8,7 @@ on first use): it reads the recipe before Keras starts.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import time
@@ -133,6 +134,31 @@ def op_determinism(enabled: bool):
             disable_op_determinism()
 
 
+class _KerasStepRetracing(logging.Filter):
+    """TensorFlow counts the traces of Keras's step functions across models (each run builds
+    its own), so a process's second run warns of "frequent retracing" that is only a new
+    model's first trace; the warning suggests a bug the user does not have."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("triggered tf.function retracing" in message
+                    and "TensorFlowTrainer." in message)
+
+
+@contextlib.contextmanager
+def keras_retracing_warnings_hidden():
+    """For one run: TensorFlow's retracing warnings about Keras's own step functions."""
+    if keras.backend.backend() != "tensorflow":
+        yield
+        return
+    logger, hidden = logging.getLogger("tensorflow"), _KerasStepRetracing()
+    logger.addFilter(hidden)
+    try:
+        yield
+    finally:
+        logger.removeFilter(hidden)
+
+
 def _preview(data, heads: list[str], count: int = 4) -> tuple:
     """The first validation batch and the targets of its first ``count`` images, which
     TensorBoard draws each epoch."""
@@ -153,7 +179,7 @@ def train(recipe, *, fresh: bool = False, verbose: int | str = "auto",
     directory and prints (``multiseg.distribute``)."""
     with distribution_scope(recipe.train.distribute) as replicas, \
             worker_run(recipe, fresh=fresh) as (own, own_fresh), \
-            op_determinism(recipe.train.deterministic):
+            op_determinism(recipe.train.deterministic), keras_retracing_warnings_hidden():
         check_replicas(recipe, replicas)
         return _train(own, fresh=own_fresh, verbose=verbose if is_chief() else 0,
                       recipe_path=recipe_path,

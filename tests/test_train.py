@@ -9,7 +9,7 @@ import subprocess
 import sys
 import warnings
 
-import keras  # noqa: F401
+import keras
 import numpy as np
 import pytest
 import yaml
@@ -181,6 +181,27 @@ def test_logs_nest_in_the_recipe_order():
     nested = nest_logs(logs, ["shape", "mask", "boundary"])
     assert list(nested) == ["shape", "mask", "boundary", "total", "optimizer"]
     assert nested["mask"] == {"dice": 0.9} and nested["total"] == {"loss": 1.0}
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="TensorFlow's warning about retraced step functions")
+def test_runs_in_one_process_do_not_warn_of_retracing(tiny_raw, tmp_path):
+    # Every run builds a new model whose step functions TensorFlow traces once each; counted
+    # across models, the second run in a process used to warn of "frequent retracing".
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("tensorflow")
+    logger.addHandler(handler)
+    try:
+        for name in ("first", "second"):
+            tiny_raw["output"] = str(tmp_path / name)
+            train(from_dict(tiny_raw), verbose=0)
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in records if "retracing" in r.getMessage()] == []
 
 
 class TestCallbackOrder:
