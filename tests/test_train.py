@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -22,6 +23,7 @@ from multiseg.models.build import build_model, compile_model, head_losses
 from multiseg.recipe import from_dict, load
 from multiseg.runs import RunDirError, load_run
 from multiseg.train import main, train
+from tests.conftest import TINY_RAW
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -185,9 +187,10 @@ def test_logs_nest_in_the_recipe_order():
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow",
                     reason="TensorFlow's warning about retraced step functions")
-def test_runs_in_one_process_do_not_warn_of_retracing(tiny_raw, tmp_path):
+def test_runs_in_one_process_do_not_warn_of_retracing(tiny_raw, one_epoch_run):
     # Every run builds a new model whose step functions TensorFlow traces once each; counted
-    # across models, the second run in a process used to warn of "frequent retracing".
+    # across models, the second run in a process (after one_epoch_run's) used to warn of
+    # "frequent retracing".
     import logging
 
     records = []
@@ -196,9 +199,7 @@ def test_runs_in_one_process_do_not_warn_of_retracing(tiny_raw, tmp_path):
     logger = logging.getLogger("tensorflow")
     logger.addHandler(handler)
     try:
-        for name in ("first", "second"):
-            tiny_raw["output"] = str(tmp_path / name)
-            train(from_dict(tiny_raw), verbose=0)
+        train(from_dict(tiny_raw), verbose=0)
     finally:
         logger.removeHandler(handler)
     assert [r.getMessage() for r in records if "retracing" in r.getMessage()] == []
@@ -254,12 +255,34 @@ class TestShippedRecipes:
         assert (tmp_path / name / "model.keras").is_file()
 
 
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory) -> str:
+    """The tiny recipe on 8 training samples, trained 1 epoch: one finished run that the
+    tests copy (``finished_run``) instead of each training its own."""
+    raw = copy.deepcopy(TINY_RAW)
+    raw["data"]["train"] = 8
+    raw["output"] = str(tmp_path_factory.mktemp("finished") / "run")
+    assert train(from_dict(raw), verbose=0).epochs_run == 1
+    return raw["output"]
+
+
+@pytest.fixture
+def finished_run(tiny_raw, one_epoch_run) -> dict:
+    """``tiny_raw`` on 8 training samples, with a finished 1-epoch run of it in its output
+    directory; returns that run's metrics.json."""
+    tiny_raw["data"]["train"] = 8
+    shutil.copytree(one_epoch_run, tiny_raw["output"])
+    with open(os.path.join(tiny_raw["output"], "metrics.json")) as handle:
+        return json.load(handle)
+
+
+def _saved_weights(run_dir: str) -> list[np.ndarray]:
+    return multiseg.load_model(os.path.join(run_dir, "model.keras")).get_weights()
+
+
 class TestResume:
-    def test_continue_with_more_epochs(self, tiny_raw):
-        tiny_raw["data"]["train"] = 8
-        first = train(from_dict(tiny_raw), verbose=0)
-        assert first.epochs_run == 1
-        weights = [w.copy() for w in first.model.get_weights()]
+    def test_continue_with_more_epochs(self, tiny_raw, finished_run):
+        weights = _saved_weights(tiny_raw["output"])
         tiny_raw["train"]["epochs"] = 2
         second = train(from_dict(tiny_raw), verbose=0)
         assert second.epochs_run == 1  # resumed after epoch 1
@@ -306,9 +329,7 @@ class TestResume:
         # CosineDecay over 2 steps from 0.01, after 2 steps: 0.
         assert float(optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)
 
-    def test_other_recipe_in_same_dir_refused(self, tiny_raw):
-        tiny_raw["data"]["train"] = 8
-        train(from_dict(tiny_raw), verbose=0)
+    def test_other_recipe_in_same_dir_refused(self, tiny_raw, finished_run):
         tiny_raw["heads"]["mask"]["loss_weight"] = 0.3
         with pytest.raises(RunDirError, match="different recipe"):
             train(from_dict(tiny_raw), verbose=0)
@@ -359,36 +380,36 @@ class TestRunRecords:
         assert f"error: {message}" in capsys.readouterr().err
         assert _snapshot(run) == before
 
-    def test_finished_run_again_is_left_as_it_is(self, tmp_path, tiny_raw, capsys):
-        tiny_raw["data"]["train"] = 8
-        first = train(from_dict(tiny_raw), verbose=0)
-        before = _snapshot(first.run_dir)
+    def test_finished_run_again_is_left_as_it_is(self, tmp_path, tiny_raw, finished_run,
+                                                 capsys):
+        run = tiny_raw["output"]
+        before = _snapshot(run)
+        weights = _saved_weights(run)
         path = tmp_path / "recipe.yaml"
         path.write_text(yaml.safe_dump(tiny_raw, sort_keys=False))
         assert main([str(path)]) == 0
         out = capsys.readouterr().out
-        assert f"{first.run_dir} is complete: 1 of 1 epoch trained" in out
+        assert f"{run} is complete: 1 of 1 epoch trained" in out
         assert "resuming" not in out
-        assert _snapshot(first.run_dir) == before
+        assert _snapshot(run) == before
         again = train(from_dict(tiny_raw), verbose=0)
         assert again.epochs_run == 0
-        assert again.metrics == first.metrics
-        for a, b in zip(first.model.get_weights(), again.model.get_weights(), strict=True):
+        assert again.metrics == finished_run
+        for a, b in zip(weights, again.model.get_weights(), strict=True):
             np.testing.assert_array_equal(a, b)
-        assert _snapshot(first.run_dir) == before
+        assert _snapshot(run) == before
 
-    def test_lost_records_are_rewritten_from_the_last_checkpoint(self, tiny_raw):
+    def test_lost_records_are_rewritten_from_the_last_checkpoint(self, tiny_raw, finished_run):
         # Killed after the last checkpoint, before metrics.json: the same command finishes it.
-        tiny_raw["data"]["train"] = 8
-        first = train(from_dict(tiny_raw), verbose=0)
-        os.remove(os.path.join(first.run_dir, "metrics.json"))
+        run = tiny_raw["output"]
+        os.remove(os.path.join(run, "metrics.json"))
         again = train(from_dict(tiny_raw), verbose=0)
         assert again.epochs_run == 0
-        with open(os.path.join(first.run_dir, "metrics.json")) as handle:
+        with open(os.path.join(run, "metrics.json")) as handle:
             metrics = json.load(handle)
         assert metrics["epochs"] == 1 and metrics["seconds"] is None
         assert metrics["val"]["mask"]["loss"] == pytest.approx(
-            first.metrics["val"]["mask"]["loss"], rel=1e-5)
+            finished_run["val"]["mask"]["loss"], rel=1e-5)
 
 
 class TestChecksBeforeWriting:
@@ -439,20 +460,18 @@ class TestChecksBeforeWriting:
         raw["data"]["source"]["bad_files"] = "skip"
         assert train(from_dict(raw), verbose=0).epochs_run == 1
 
-    def test_fresh_deletes_nothing_before_a_data_error(self, tmp_path, tiny_raw):
+    def test_fresh_deletes_nothing_before_a_data_error(self, tmp_path, tiny_raw, finished_run):
         from multiseg.data import DataError
 
-        tiny_raw["data"]["train"] = 8
-        run = train(from_dict(tiny_raw), verbose=0).run_dir
+        run = tiny_raw["output"]
         before = _snapshot(run)
         raw = self._folder_raw(tmp_path, tiny_raw)
         with pytest.raises(DataError, match="img2.png"):
             train(from_dict(raw), verbose=0, fresh=True)
         assert _snapshot(run) == before
 
-    def test_other_recipe_refused_before_the_data_is_read(self, tiny_raw, monkeypatch):
-        tiny_raw["data"]["train"] = 8
-        train(from_dict(tiny_raw), verbose=0)
+    def test_other_recipe_refused_before_the_data_is_read(self, tiny_raw, finished_run,
+                                                          monkeypatch):
         tiny_raw["heads"]["mask"]["loss_weight"] = 0.3
         import multiseg.trainer as train_module
 
