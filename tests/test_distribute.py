@@ -120,14 +120,36 @@ def _assert_same_training(tmp_path, figures: dict, name: str) -> None:
     assert max(moved) > 1e-3
 
 
+def _on_jax() -> bool:
+    import keras
+
+    return keras.backend.backend() == "jax"
+
+
+def _own_engine() -> str:
+    """The distribution engine of the backend the suite runs on."""
+    return "data_parallel" if _on_jax() else "mirrored"
+
+
+def _refused_under_a_tensorflow_strategy(raw: dict, field: str, message: str) -> None:
+    """``mirrored`` refuses what it cannot split; on JAX, ``data_parallel`` (one program over
+    the global batch) takes the same recipe."""
+    raw["train"]["distribute"] = _own_engine()
+    if _on_jax():
+        assert from_dict(raw).train.distribute == "data_parallel"
+        return
+    with pytest.raises(RecipeError, match=rf"^{field}: {message}"):
+        from_dict(raw)
+
+
 class TestRecipe:
     def test_default_is_none_and_round_trips(self, tiny_raw):
         recipe = from_dict(tiny_raw)
         assert recipe.train.distribute == "none"
         raw = copy.deepcopy(tiny_raw)
-        raw["train"]["distribute"] = "mirrored"
+        raw["train"]["distribute"] = _own_engine()
         again = from_dict(from_dict(raw).to_dict())
-        assert again.train.distribute == "mirrored"
+        assert again.train.distribute == _own_engine()
 
     def test_unknown_choice_names_the_field(self, tiny_raw):
         tiny_raw["train"]["distribute"] = "mirored"
@@ -135,11 +157,13 @@ class TestRecipe:
             from_dict(tiny_raw)
 
     def test_engine_of_another_backend_is_refused_before_training(self, tiny_raw):
-        # The suite runs on TensorFlow: data_parallel is JAX's.
-        tiny_raw["train"]["distribute"] = "data_parallel"
-        with pytest.raises(RecipeError, match=r"^train\.distribute: data_parallel .*needs the"
-                           r" jax backend, and Keras runs on tensorflow; on tensorflow use"
-                           r" mirrored"):
+        other, needs, runs, own = (("mirrored", "tensorflow", "jax", "data_parallel")
+                                   if _on_jax() else
+                                   ("data_parallel", "jax", "tensorflow", "mirrored"))
+        tiny_raw["train"]["distribute"] = other
+        with pytest.raises(RecipeError, match=rf"^train\.distribute: {other} .*needs the"
+                           rf" {needs} backend, and Keras runs on {runs}; on {runs} use"
+                           rf" {own}"):
             from_dict(tiny_raw)
 
     def test_multi_worker_is_refused_with_the_reason(self, tiny_raw):
@@ -149,35 +173,26 @@ class TestRecipe:
             from_dict(tiny_raw)
 
     def test_whole_batch_loss_is_refused_under_a_strategy(self, tiny_raw):
-        tiny_raw["train"]["distribute"] = "mirrored"
         tiny_raw["heads"]["mask"]["loss"][0]["per_sample"] = False
-        with pytest.raises(RecipeError, match=r"^heads\.mask\.loss\[0\]\.per_sample: "
-                           r"per_sample: false computes dice over the whole batch"):
-            from_dict(tiny_raw)
+        _refused_under_a_tensorflow_strategy(
+            tiny_raw, r"heads\.mask\.loss\[0\]\.per_sample",
+            "per_sample: false computes dice over the whole batch")
 
     def test_gradflow_is_refused_under_a_strategy(self, tiny_raw):
-        tiny_raw["train"].update(distribute="mirrored", gradflow={"every": 5})
-        with pytest.raises(RecipeError, match=r"^train\.gradflow\.every: gradflow snapshots"):
-            from_dict(tiny_raw)
+        tiny_raw["train"]["gradflow"] = {"every": 5}
+        _refused_under_a_tensorflow_strategy(tiny_raw, r"train\.gradflow\.every",
+                                             "gradflow snapshots")
 
     def test_several_steps_per_call_are_refused_under_a_strategy(self, tiny_raw):
-        import keras
-
         tiny_raw["train"]["steps_per_execution"] = 4
-        if keras.backend.backend() == "jax":  # one program over the global batch: any count
-            tiny_raw["train"]["distribute"] = "data_parallel"
-            assert from_dict(tiny_raw).train.steps_per_execution == 4
-            return
-        tiny_raw["train"]["distribute"] = "mirrored"
-        with pytest.raises(RecipeError, match=r"^train\.steps_per_execution: Keras runs one"
-                                              r" step per call under train\.distribute: "
-                                              r"mirrored"):
-            from_dict(tiny_raw)
+        _refused_under_a_tensorflow_strategy(
+            tiny_raw, r"train\.steps_per_execution",
+            r"Keras runs one step per call under train\.distribute: mirrored")
 
     def test_learned_weighting_is_refused_under_a_strategy(self, tiny_raw):
-        tiny_raw["train"].update(distribute="mirrored", weighting="dwa")
-        with pytest.raises(RecipeError, match=r"^train\.weighting: dwa updates its state"):
-            from_dict(tiny_raw)
+        tiny_raw["train"]["weighting"] = "dwa"
+        _refused_under_a_tensorflow_strategy(tiny_raw, r"train\.weighting",
+                                             "dwa updates its state")
 
     def test_refused_without_keras_too(self, tmp_path):
         # The command's first, Keras-free read already answers.
