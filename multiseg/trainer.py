@@ -48,7 +48,6 @@ from multiseg.distribute.engines import (
     distribution_callbacks,
     distribution_scope,
     is_chief,
-    is_multi_process,
     process_feed,
     worker_run,
 )
@@ -224,13 +223,10 @@ def _train(recipe, *, fresh: bool, verbose: int | str, recipe_path: str | None,
 
     weights = {name: h.loss_weight for name, h in recipe.heads.items()}
     spatial = [n for n, h in recipe.heads.items() if HEAD_KINDS[h.kind].spatial]
-    # A non-static weighting's effective weights are read from the model as it trains. No
-    # prediction images over several JAX processes: Keras's predict_on_batch cannot fetch outputs
-    # that other processes hold a part of.
+    # A non-static weighting's effective weights are read from the model as it trains.
     tensorboard = TensorBoardLogs(os.path.join(run_dir, "logs"), recipe.heads, weights,
                                   weights_every=recipe.train.weighting.log_every,
-                                  preview=(_preview(data, spatial)
-                                           if spatial and not is_multi_process() else None))
+                                  preview=_preview(data, spatial) if spatial else None)
     checkpoint = AtomicCheckpoint(checkpoint_dir)
     nonfinite = NonFiniteGuard(recipe.heads, checkpoint, mode=recipe.train.on_nonfinite,
                                max_skipped=recipe.train.max_skipped_steps)

@@ -327,6 +327,13 @@ def test_data_parallel_two_processes_equal_one_device():
         for name, job in jobs.items():
             assert job.returncode == 0, f"{name} exited {job.returncode}:\n{_tail(logs[name])}"
         _assert_same_command_runs(work)
+        # TensorBoard's prediction images, which every process computes together and process
+        # 0 draws: the one-device run's, epoch by epoch.
+        single, split = (_prediction_images(os.path.join(work, name))
+                         for name in ("single", "parallel"))
+        assert sorted(split) == sorted(single) == [1, 2]
+        for step, picture in single.items():
+            np.testing.assert_allclose(split[step], picture, atol=1)  # uint8 rounding
         # Each process fed 4 rows of each global batch of 8 (training and validation alike).
         for name in ("process-0", "process-1"):
             fed = json.loads(Path(work, f"kept-{name}", "fed.json").read_text())
@@ -347,6 +354,22 @@ def test_data_parallel_two_processes_equal_one_device():
         for handle in logs.values():
             handle.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _prediction_images(run_dir: str) -> dict[int, np.ndarray]:
+    """The prediction images of a run's TensorBoard logs, by step, as pixel arrays."""
+    import io
+
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(os.path.join(run_dir, "logs", "validation"),
+                           size_guidance={"images": 0})
+    acc.Reload()
+    [tag] = [t for t in acc.Tags()["images"] if t.startswith("predictions/")]
+    return {event.step: np.asarray(Image.open(io.BytesIO(event.encoded_image_string)),
+                                   dtype=np.int16)
+            for event in acc.Images(tag)}
 
 
 def _tail(handle, size: int = 3000) -> str:
