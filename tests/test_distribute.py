@@ -260,6 +260,7 @@ COMMAND_CHILD = textwrap.dedent("""
             shutil.copy(os.path.join(run, "checkpoints", f"epoch-{epochs:04d}.weights.h5"),
                         os.path.join(kept, f"weights-{epochs}.h5"))
     json.dump(sorted(fed), open(os.path.join(kept, "fed.json"), "w"))
+    json.dump("tensorflow" in sys.modules, open(os.path.join(kept, "tensorflow.json"), "w"))
 """)
 
 # XLA's cheapest CPU code generation: the same programs, compiled in a third of the time (the
@@ -334,6 +335,10 @@ def test_data_parallel_two_processes_equal_one_device():
         assert sorted(split) == sorted(single) == [1, 2]
         for step, picture in single.items():
             np.testing.assert_allclose(split[step], picture, atol=1)  # uint8 rounding
+        # Joining the processes (Keras seeds every generator there) left TensorFlow out too.
+        for name in jobs:
+            assert json.loads(Path(work, f"kept-{name}", "tensorflow.json").read_text()) \
+                is False, name
         # Each process fed 4 rows of each global batch of 8 (training and validation alike).
         for name in ("process-0", "process-1"):
             fed = json.loads(Path(work, f"kept-{name}", "fed.json").read_text())

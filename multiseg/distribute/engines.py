@@ -22,6 +22,7 @@ import numpy as np
 
 from multiseg.distribute.choices import DISTRIBUTIONS, backend_problem, joins_processes
 from multiseg.errors import UserError
+from multiseg.startup import tensorflow_left_out
 
 
 class DistributionError(ValueError, UserError):
@@ -77,7 +78,10 @@ def start_processes(name: str) -> None:
     if jax.distributed.is_initialized():
         return
     try:
-        keras.distribution.initialize()
+        # Keras seeds every process's generators there, TensorFlow's too where it is installed:
+        # on JAX that imported it (1 to 3 s, about 430 MB a process) for nothing to use.
+        with tensorflow_left_out():
+            keras.distribution.initialize()
     except RuntimeError as exc:  # "must be called before any JAX calls that might initialise"
         raise DistributionError("train.distribute", f"data_parallel over"
                                 f" {os.environ['KERAS_DISTRIBUTION_NUM_PROCESSES']} processes"
