@@ -410,14 +410,13 @@ def final_summary(metrics: dict, run_dir: str) -> str:
         f"run directory: {run_dir} (tensorboard --logdir {os.path.join(run_dir, 'logs')})"])
 
 
-def finished_run_text(recipe) -> str:
+def finished_run_text(recipe, metrics: dict) -> str:
     """What training a run that already reached ``train.epochs`` says: nothing is trained or
-    written, how to train longer, then the run's final figures."""
+    written, how to train longer, then the run's final figures (its ``metrics``)."""
     run_dir, epochs = recipe.output, recipe.train.epochs
     longer = ("raise train.epochs" if recipe.train.lr_schedule == "constant" else
               "start a new run with more epochs (another --output, or --fresh): the"
               " cosine schedule spans the run's epochs")
-    metrics = read_json(os.path.join(run_dir, "metrics.json"))
     return (f"{run_dir} is complete: {epochs} of {epochs_text(epochs)} trained; its metrics.json"
             f" and model.keras are left as they are. To train longer, {longer}.\n"
             + final_summary(metrics, run_dir))

@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
             # A finished run is answered from its records: 0.3 s instead of starting Keras (5 s).
             # Over several processes each checks the run directory in turn (train()).
             if check_run_dir(light, fresh=False).complete:
-                run_dir = light.output
-                print(final_summary(read_json(os.path.join(run_dir, "metrics.json")), run_dir)
-                      if args.quiet else finished_run_text(light), flush=True)
+                metrics = read_json(os.path.join(light.output, "metrics.json"))
+                print(final_summary(metrics, light.output) if args.quiet
+                      else finished_run_text(light, metrics), flush=True)
                 return 0
         if joins_processes(light.train.distribute):
             # Several processes join before the backend looks for its devices, as import_keras

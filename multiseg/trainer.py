@@ -90,10 +90,10 @@ class TrainResult:
 def _finished_run(recipe, verbose) -> TrainResult:
     """The records of a run that already reached train.epochs, read and left untouched."""
     run_dir = recipe.output
-    if verbose:
-        print(finished_run_text(recipe), flush=True)
-    model = load_model(os.path.join(run_dir, "model.keras"))
     metrics = read_json(os.path.join(run_dir, "metrics.json"))
+    if verbose:
+        print(finished_run_text(recipe, metrics), flush=True)
+    model = load_model(os.path.join(run_dir, "model.keras"))
     return TrainResult(model=model, run_dir=run_dir, metrics=metrics, epochs_run=0)
 
 

@@ -112,3 +112,31 @@ def copy_run_after(run_dir: str, epochs: int, to: str):
                 shutil.copytree(run_dir, to)
 
     return CopyRun()
+
+
+def unimportable(folder, names) -> dict:
+    """Environment variables under which a child process fails to import each of ``names``
+    (``PYTHONPATH`` puts packages that raise ImportError before the installed ones)."""
+    for name in names:
+        package = folder / "blocked" / name
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text(f"raise ImportError('no {name} here')\n")
+    return {"PYTHONPATH": os.pathsep.join(
+        [str(folder / "blocked"), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
+def prediction_images(run_dir: str) -> tuple[str, dict]:
+    """TensorBoard's prediction images of a run: their tag, and the pictures (RGB or RGBA
+    uint8 arrays) by step."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(os.path.join(run_dir, "logs", "validation"),
+                           size_guidance={"images": 0})
+    acc.Reload()
+    [tag] = [t for t in acc.Tags()["images"] if t.startswith("predictions/")]
+    return tag, {event.step: np.asarray(Image.open(io.BytesIO(event.encoded_image_string)))
+                 for event in acc.Images(tag)}

@@ -18,6 +18,7 @@ import handmade  # noqa: E402
 import step  # noqa: E402
 
 from multiseg import recipe as recipe_lib  # noqa: E402
+from tests.conftest import unimportable  # noqa: E402
 
 SHAPES = os.path.join(REPO, "recipes", "shapes.yaml")
 SMALL = ["data.image_size=[32, 32]", "data.train=8", "data.val=4", "train.batch_size=4"]
@@ -265,11 +266,8 @@ class TestRace:
     def test_runs_end_to_end_and_writes_json(self, backend, tmp_path, monkeypatch, capsys):
         if backend == "jax":
             pytest.importorskip("jax")
-            blocked = tmp_path / "blocked" / "tensorflow"
-            blocked.mkdir(parents=True)
-            (blocked / "__init__.py").write_text("raise ImportError('no TensorFlow here')\n")
-            monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-                [str(blocked.parent), *filter(None, [os.environ.get("PYTHONPATH")])]))
+            monkeypatch.setenv("PYTHONPATH",
+                               unimportable(tmp_path, ["tensorflow"])["PYTHONPATH"])
         monkeypatch.setenv("KERAS_BACKEND", backend)  # the contenders' processes read it
         tensorflow = backend == "tensorflow"
         contenders = ("multiseg,keras" + (",multiseg-model" if tensorflow else "")

@@ -14,7 +14,7 @@ import textwrap
 import pytest
 import yaml
 
-from tests.conftest import TINY_RAW
+from tests.conftest import TINY_RAW, unimportable
 
 BACKENDS = ("keras", "tensorflow", "jax", "torch")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,16 +30,6 @@ def _python(code: str, *args: str, env: dict | None = None) -> subprocess.Comple
 def _command(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=900, env={**os.environ, **(env or {})})
-
-
-def _without_backends(folder) -> dict:
-    """An environment in which importing Keras or a backend fails."""
-    for name in BACKENDS:
-        package = folder / "blocked" / name
-        package.mkdir(parents=True)
-        (package / "__init__.py").write_text(f"raise ImportError('no {name} here')\n")
-    return {"PYTHONPATH": os.pathsep.join(
-        [str(folder / "blocked"), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 
 def test_reading_recipes_and_runs_imports_no_backend():
@@ -132,7 +122,7 @@ def cli_runs(tmp_path_factory):
     first = _command("multiseg.train", str(recipe), "--set", "train.epochs=2")
     first.metrics = json.loads((folder / "run" / "metrics.json").read_text())
     resumed = _command("multiseg.train", str(recipe), "--set", "train.epochs=3")
-    blocked = _without_backends(folder)
+    blocked = unimportable(folder, BACKENDS)
     quiet = _command("multiseg.train", str(recipe), "--set", "train.epochs=3", "--quiet",
                      env=blocked)
     again = _command("multiseg.train", str(recipe), "--set", "train.epochs=3", env=blocked)
